@@ -1,0 +1,1 @@
+"""gshead_jax.nn."""
