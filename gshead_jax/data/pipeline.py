@@ -2,7 +2,7 @@
 
 Stages (``grain`` 0.2.18 dataset API)::
 
-    per source: range(T).shuffle.repeat.map_with_index(pick source)   [train]
+    per source: range(T).repeat.map_with_index(shuffle, pick source)  [train]
                 range(T).map(fixed source)                              [eval]
     mix (weights, train) | concatenate (+ padding, eval)
     [process_index::process_count]                                      JAX process shard
@@ -86,20 +86,38 @@ def _local_batch(batch_size: int, count: int) -> int:
     return batch_size // count
 
 
-def _subseed(seed: int, *key: int) -> int:
-    return int(np.random.SeedSequence([seed, *key]).generate_state(1)[0])  # < 2**32 for grain
-
-
 class _PickSource:
-    """map_with_index: shuffled target position -> (dataset, target, random source)."""
+    """map_with_index: position in the repeated stream -> (dataset, target, random source).
+
+    Epoch ``e`` visits the targets in ``permutation(seed, dataset, e)`` order (a
+    NumPy permutation, cached per process: grain's ``index_shuffle`` costs
+    milliseconds per element on sets of under ~1000 targets); the source is drawn
+    with a generator seeded by (seed, dataset, epoch, target).
+    """
 
     def __init__(self, plan: pairs.PairPlan, dataset: int, seed: int):
         self.plan, self.dataset, self.seed = plan, dataset, seed
+        self._perms: dict[int, np.ndarray] = {}
 
-    def __call__(self, index: int, t: int) -> tuple[int, int, int]:
-        epoch = index // len(self.plan)
-        rng = np.random.default_rng([self.seed, self.dataset, epoch, int(t)])
-        return self.dataset, int(self.plan.targets[t]), self.plan.source_of(int(t), rng)
+    def __getstate__(self):
+        return {**self.__dict__, "_perms": {}}
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        perm = self._perms.get(epoch)
+        if perm is None:
+            rng = np.random.default_rng([self.seed, self.dataset, epoch])
+            n = len(self.plan)
+            perm = rng.permutation(n).astype(np.int32 if n < 2**31 else np.int64)
+            # Keep this epoch and the previous one (read threads straddle the boundary).
+            self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}
+            self._perms[epoch] = perm
+        return perm
+
+    def __call__(self, index: int, _: int) -> tuple[int, int, int]:
+        epoch, pos = divmod(int(index), len(self.plan))
+        t = int(self._permutation(epoch)[pos])
+        rng = np.random.default_rng([self.seed, self.dataset, epoch, t])
+        return self.dataset, int(self.plan.targets[t]), self.plan.source_of(t, rng)
 
 
 class _FixedSource:
@@ -114,6 +132,16 @@ class _FixedSource:
 
 def _padding(_: int) -> tuple[int, int, int]:
     return batching.PADDING
+
+
+def _worker_init(worker_index: int, worker_count: int) -> None:
+    """Keeps JAX in data workers off the accelerators.
+
+    Workers only run NumPy, but should anything call JAX there, a GPU backend
+    would preallocate most of the device memory once per worker.
+    """
+    del worker_index, worker_count
+    jax.config.update("jax_platforms", "cpu")
 
 
 def _finish(
@@ -147,7 +175,8 @@ def _finish(
         it_ds = it_ds.mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=num_workers, per_worker_buffer_size=max(prefetch, 1)
-            )
+            ),
+            worker_init_fn=_worker_init,
         )
     elif prefetch > 0:
         it_ds = grain.experimental.ThreadPrefetchIterDataset(it_ds, prefetch_buffer_size=prefetch)
@@ -200,8 +229,8 @@ def train_pipeline(
     parts = []
     for d, (src, rule) in enumerate(zip(sources, rules)):
         plan = pairs.make_plan(src.index, rule, train=True, name=src.name)
-        ds = grain.MapDataset.range(len(plan)).shuffle(seed=_subseed(seed, d))
-        ds = ds.repeat(num_epochs).map_with_index(_PickSource(plan, d, seed))
+        ds = grain.MapDataset.range(len(plan)).repeat(num_epochs)
+        ds = ds.map_with_index(_PickSource(plan, d, seed))
         parts.append(ds)
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, weights)
     ds = ds[index::count]

@@ -263,7 +263,7 @@ def _check_float(value: Any, shape: tuple[int, ...] | None, name: str, bad) -> n
             raise bad(f"{name} must be a non-empty vector, got shape {arr.shape}")
     elif arr.shape != shape:
         raise bad(f"{name} must have shape {list(shape)}, got {list(arr.shape)}")
-    if not np.all(np.isfinite(arr)):
+    if not np.isfinite(arr).all():
         raise bad(f"{name} has non-finite values")
     return arr
 
