@@ -262,7 +262,8 @@ def gagavatar_loss(
       bbox: Normalised target head boxes. [B, 4]
       target_vertices: Target FLAME vertices. [B, V, 3]
       lifted_points: Lifted Gaussian centres. [B, N, 3]
-      weights: Term weights (default ``GAGAVATAR_WEIGHTS``); missing keys weigh 0.
+      weights: Term weights, Python numbers (static under jit: close over them or mark
+        them static; default ``GAGAVATAR_WEIGHTS``); missing keys weigh 0.
       perceptual: A ``build_perceptual_loss`` result, or ``None`` (term off).
       box_size: Side of the resized box crops.
       chunk_size: Nearest-neighbour chunk of the lifting loss.
