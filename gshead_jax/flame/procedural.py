@@ -37,7 +37,7 @@ class Region(enum.IntEnum):
     LIP_UPPER = 7
     LIP_LOWER = 8
     MOUTH_INTERIOR = 9
-    TEETH = 10  # the ring just inside the lips, upper and lower
+    TEETH = 10  # the front faces of the upper and lower teeth, inside the lips
     EYEBALL_LEFT = 11  # left = the subject's left, +x
     EYEBALL_RIGHT = 12
     IRIS_LEFT = 13  # iris and pupil (pupil: within 0.22 rad of the gaze axis, eyeball UV centre)
@@ -358,13 +358,17 @@ def _labels(mesh):
     lens = np.sqrt(np.clip(1 - u * u, 0, 1))
     front = z > 0.04
     dy = y - _lip_line(mesh, x)
-    lab[skin & front & (dy > 0) & (dy < 0.0105 * lens)] = Region.LIP_UPPER
-    lab[skin & front & (dy < 0) & (dy > -0.0125 * lens)] = Region.LIP_LOWER
+    lab[skin & front & (dy > 0) & (dy < 0.0085 * lens)] = Region.LIP_UPPER
+    lab[skin & front & (dy < 0) & (dy > -0.011 * lens)] = Region.LIP_LOWER
     lab[mesh.slit_upper] = Region.LIP_UPPER
     lab[mesh.slit_lower] = Region.LIP_LOWER
     lab[mesh.slit_corners] = Region.LIP_UPPER
     lab[mesh.part == 1] = Region.MOUTH_INTERIOR
-    lab[(mesh.pocket_ring == 1) & (mesh.pocket_side != 0)] = Region.TEETH
+    lip_ring = mesh.pocket_ring == pmesh.POCKET_LIP_RING
+    lab[lip_ring & (mesh.pocket_side >= 0)] = Region.LIP_UPPER
+    lab[lip_ring & (mesh.pocket_side < 0)] = Region.LIP_LOWER
+    teeth = np.isin(mesh.pocket_ring, pmesh.POCKET_TEETH_RINGS) & (mesh.pocket_side != 0)
+    lab[teeth] = Region.TEETH
     for e, (ball, iris) in enumerate(
         ((Region.EYEBALL_LEFT, Region.IRIS_LEFT), (Region.EYEBALL_RIGHT, Region.IRIS_RIGHT))
     ):

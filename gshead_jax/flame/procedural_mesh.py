@@ -26,10 +26,16 @@ import numpy as np
 
 from gshead_jax.flame import procedural_shape as shp
 
-POCKET_DEPTH = (0.0035, 0.010, 0.021, 0.030)
-POCKET_HALF_HEIGHT = (0.0045, 0.011, 0.015, 0.011)
-POCKET_SHRINK = (0.97, 0.9, 0.75, 0.5)
-POCKET_CAP_DEPTH = 0.036
+# Rings of the mouth pocket behind the lip line (upper half; the lower mirrors it):
+# 1 the lips' inner side, 2-3 the front face of the teeth down to their edges
+# (just short of the lip line, so an open mouth shows them), 4 behind the teeth,
+# 5 the cavity; then a cap.
+POCKET_DEPTH = (0.002, 0.0035, 0.0045, 0.010, 0.022)
+POCKET_HALF_HEIGHT = (0.003, 0.003, -0.0025, 0.010, 0.014)  # teeth edges pass the line
+POCKET_LOWER_DEPTH = (0.0, 0.001, 0.001, 0.001, 0.0)  # lower teeth sit behind the upper
+POCKET_SHRINK = (0.97, 0.93, 0.9, 0.8, 0.6)
+POCKET_CAP_DEPTH = 0.032
+POCKET_LIP_RING, POCKET_TEETH_RINGS = 1, (2, 3)
 IRIS_ANGLE = 0.56  # radians from the gaze axis (an iris ~6.3 mm in radius)
 PUPIL_ANGLE = 0.22
 
@@ -249,8 +255,8 @@ def build(num_vertices: int) -> HeadMesh:
     for k in range(k_rings):
         p = rim.copy()
         p[:, 0] *= POCKET_SHRINK[k]
-        p[:, 1] += side * POCKET_HALF_HEIGHT[k] * taper
-        p[:, 2] -= POCKET_DEPTH[k]
+        p[:, 1] += side * POCKET_HALF_HEIGHT[k] * (taper if POCKET_HALF_HEIGHT[k] > 0 else 1.0)
+        p[:, 2] -= POCKET_DEPTH[k] + POCKET_LOWER_DEPTH[k] * (side < 0)
         pocket_pts.append(p)
         ring_ids.append(base + k * len(loop) + np.arange(len(loop)))
     mid_lip = rim[1 + m // 2] if m else rim[0]
