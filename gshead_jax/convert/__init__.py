@@ -7,12 +7,13 @@ extra); safetensors checkpoints are read without it.
   config, params = load_dinov2("/ckpt/dinov2-base")
 """
 
-from gshead_jax.convert.dinov2 import load_dinov2, load_params, save_params
+from gshead_jax.convert.dinov2 import convert_state_dict, load_dinov2, load_params, save_params
 from gshead_jax.convert.mapping import CheckpointMismatchError, TensorMap, map_tensors
 
 __all__ = [
     "CheckpointMismatchError",
     "TensorMap",
+    "convert_state_dict",
     "load_dinov2",
     "load_params",
     "map_tensors",

@@ -317,6 +317,49 @@ def _expected_params(c: ViTConfig) -> Any:
     return shapes["params"]
 
 
+def convert_state_dict(
+    tensors: Mapping[str, np.ndarray],
+    config: ViTConfig | None = None,
+    *,
+    source: str = "state_dict",
+    dtype: Any = np.float32,
+    **overrides: Any,
+) -> tuple[ViTConfig, dict[str, Any]]:
+    """Maps in-memory checkpoint tensors (any supported layout) onto DinoViT params.
+
+    Args:
+        tensors: Tensors by name, NumPy arrays: Hugging Face (files or transformers-5
+            names) or torch-hub layout (``blocks.C.N.*`` accepted).
+        config: The architecture; required for Hugging Face names, inferred from the
+            shapes for torch-hub names when None.
+        source: What the tensors are, for error messages.
+        dtype: Dtype of the returned parameters.
+        **overrides: ``ViTConfig`` fields replacing the given or inferred ones.
+
+    Returns:
+        (config, params).
+
+    Raises:
+        CheckpointMismatchError: Missing, unexpected or misshaped tensors, all listed.
+    """
+    layout = _layout(set(tensors), source)
+    shown: dict[str, str] = {}
+    if layout == "hub":
+        tensors, shown = _unchunk(dict(tensors))
+        if config is None:
+            config = config_from_hub_tensors(tensors, source, overrides.get("num_heads"))
+    elif config is None:
+        raise ValueError(f"{source}: Hugging Face tensor names need their config (config.json)")
+    config = dataclasses.replace(config, **overrides)
+    hint = f"(read as a '{layout}' layout DINOv2 checkpoint for {config})"
+    params = M.map_tensors(
+        tensors, dinov2_plan(config, layout), source=source, display_names=shown, hint=hint
+    )
+    params = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=dtype), params)
+    M.check_tree(params, _expected_params(config), source=source, hint=hint)
+    return config, params
+
+
 def load_dinov2(
     path: str | os.PathLike, *, dtype: Any = np.float32, **overrides: Any
 ) -> tuple[ViTConfig, dict[str, Any]]:
@@ -342,7 +385,6 @@ def load_dinov2(
         >>> y = DinoViT(config).apply({"params": params}, pixels)
     """
     path = os.fspath(path)
-    shown: dict[str, str] = {}
     if os.path.isdir(path):
         cfg_path = os.path.join(path, "config.json")
         if not os.path.isfile(cfg_path):
@@ -350,36 +392,23 @@ def load_dinov2(
         with open(cfg_path) as f:
             config = config_from_hf(json.load(f), cfg_path)
         bin_path = os.path.join(path, "pytorch_model.bin")
-        has_st = any(
-            n.endswith(".safetensors") or n.endswith(".index.json") for n in os.listdir(path)
-        )
+        has_st = any(n.endswith((".safetensors", ".index.json")) for n in os.listdir(path))
         if not has_st and os.path.isfile(bin_path):
             tensors, source = _read_torch(bin_path), bin_path
         else:
             tensors, source = read_hf_weights(path)
-        layout = _layout(set(tensors), source)
-        if layout == "hub":
+        if _layout(set(tensors), source) == "hub":
             raise ValueError(f"{source}: torch-hub tensor names in a Hugging Face folder")
     elif os.path.isfile(path):
-        source = path
+        source, config = path, None
         tensors = read_safetensors(path) if path.endswith(".safetensors") else _read_torch(path)
-        layout = _layout(set(tensors), source)
-        if layout != "hub":
+        if _layout(set(tensors), source) != "hub":
             raise ValueError(
                 f"{path}: Hugging Face tensor names need their folder with config.json"
             )
-        tensors, shown = _unchunk(tensors)
-        config = config_from_hub_tensors(tensors, source, overrides.get("num_heads"))
     else:
         raise FileNotFoundError(f"{path}: no such file or directory")
-    config = dataclasses.replace(config, **overrides)
-    hint = f"(read as a '{layout}' layout DINOv2 checkpoint for {config})"
-    params = M.map_tensors(
-        tensors, dinov2_plan(config, layout), source=source, display_names=shown, hint=hint
-    )
-    params = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=dtype), params)
-    M.check_tree(params, _expected_params(config), source=source, hint=hint)
-    return config, params
+    return convert_state_dict(tensors, config, source=source, dtype=dtype, **overrides)
 
 
 def save_params(path: str | os.PathLike, config: ViTConfig, params: Mapping[str, Any]) -> None:

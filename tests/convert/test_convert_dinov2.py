@@ -22,6 +22,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from gshead_jax.convert import (  # noqa: E402
     CheckpointMismatchError,
+    convert_state_dict,
     load_dinov2,
     load_params,
     save_params,
@@ -165,6 +166,13 @@ def test_transformers5_state_dict_and_sharded_folder(hf_dirs, tmp_path):
     safetensors_torch.save_file(sd, str(tmp_path / "v5" / "model.safetensors"))
     _, v5_params = load_dinov2(tmp_path / "v5")
     _assert_trees_equal(v5_params, params)
+    # The same tensors straight from memory.
+    config = config_from_hf(json.loads((path / "config.json").read_text()))
+    numpy_sd = {k: v.numpy() for k, v in sd.items()}
+    _, mem_params = convert_state_dict(numpy_sd, config)
+    _assert_trees_equal(mem_params, params)
+    with pytest.raises(ValueError, match="need their config"):
+        convert_state_dict(numpy_sd)
     # Hub files split over two shards with an index.
     files = _files(path)
     names = sorted(files)

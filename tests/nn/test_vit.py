@@ -11,6 +11,13 @@ from gshead_jax.nn.vit import DinoViT, attention_implementation
 from gshead_jax.nn.vit_config import VARIANTS, ViTConfig, vit_config
 
 
+@pytest.fixture(autouse=True)
+def _highest_matmul_precision():
+    # float32 parity on a GPU: no TF32 (a no-op on CPU).
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 @pytest.fixture(scope="module")
 def tiny():
     config = vit_config("tiny", num_register_tokens=2)

@@ -21,6 +21,14 @@ from gshead_jax.nn.vit import DinoViT, intermediate_feature_maps  # noqa: E402
 
 TOL = 1e-5
 
+
+@pytest.fixture(autouse=True)
+def _highest_matmul_precision():
+    # float32 parity on a GPU: no TF32 (a no-op on CPU).
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 # name: (use_swiglu_ffn, registers, input sizes). Pre-training grid: 56 px / 14 = 4x4.
 CASES = {
     "gelu": (False, 0, [(56, 56), (42, 70)]),
