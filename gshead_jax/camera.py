@@ -99,7 +99,8 @@ class Camera:
     @property
     def position(self) -> jax.Array:
         """Camera centre in world coordinates, ``-R^T t``. [..., 3]"""
-        return -jnp.einsum("...ji,...j->...i", self.rotation, self.translation)
+        r, t = self.rotation, self.translation
+        return -jnp.einsum("...ji,...j->...i", r, t, precision=jax.lax.Precision.HIGHEST)
 
     @property
     def forward(self) -> jax.Array:
@@ -218,7 +219,7 @@ def _intrinsics_arg(K, focal, width, height, dtype):
 
 def _viewmat_from_axes(rows, eye):
     """[R | -R eye] from camera axes given as world-space rows. rows: [..., 3, 3]."""
-    t = -jnp.einsum("...ij,...j->...i", rows, eye)
+    t = -jnp.einsum("...ij,...j->...i", rows, eye, precision=jax.lax.Precision.HIGHEST)
     top = jnp.concatenate([rows, t[..., None]], axis=-1)  # [..., 3, 4]
     bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0], rows.dtype), top.shape[:-2] + (1, 4))
     return jnp.concatenate([top, bottom], axis=-2)
@@ -461,7 +462,8 @@ def project(camera: Camera, points) -> tuple[jax.Array, jax.Array]:
 @jax.jit
 def _project(viewmat, K, points):
     rot = viewmat[..., None, :3, :3]  # [..., 1, 3, 3]
-    cam = jnp.einsum("...ij,...j->...i", rot, points) + viewmat[..., None, :3, 3]
+    cam = jnp.einsum("...ij,...j->...i", rot, points, precision=jax.lax.Precision.HIGHEST)
+    cam = cam + viewmat[..., None, :3, 3]
     depth = cam[..., 2]
     k = K[..., None, :, :]
     xy = cam[..., :2] / depth[..., None]

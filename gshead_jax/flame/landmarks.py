@@ -37,4 +37,5 @@ def vertices_to_landmarks(
         )
     corners = jnp.asarray(faces)[jnp.asarray(lmk_faces_idx)]  # [L, 3]
     tri = vertices[..., corners, :]  # [..., L, 3, 3]
-    return jnp.einsum("...lkc,lk->...lc", tri, lmk_bary_coords.astype(vertices.dtype))
+    bary = lmk_bary_coords.astype(vertices.dtype)
+    return jnp.einsum("...lkc,lk->...lc", tri, bary, precision=jax.lax.Precision.HIGHEST)

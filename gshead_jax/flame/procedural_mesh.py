@@ -174,8 +174,8 @@ def build(num_vertices: int) -> HeadMesh:
     n_rings, n_seg, eye_count, n_cols = _grid_dims(num_vertices)
     lip_lat = _lip_latitude()
     cols, _ = _columns(n_cols, lip_lat, boost_face=1.6)
-    row_lip_dirs = shp.surface_points(shp.direction(cols, lip_lat)).points
-    interior = np.nonzero(np.abs(row_lip_dirs[:, 0]) < shp.MOUTH_HALF_WIDTH - 1e-9)[0]
+    lip_row = shp.surface_points(shp.direction(cols, lip_lat)).points
+    interior = np.nonzero(np.abs(lip_row[:, 0]) < shp.MOUTH_HALF_WIDTH - 1e-9)[0]
     interior = interior[np.abs(cols[interior]) < np.pi / 2]
     j0, j1 = int(interior.min()) - 1, int(interior.max()) + 1
     m = len(interior)

@@ -45,4 +45,5 @@ def rodrigues(rotvec: jax.Array) -> jax.Array:
     k = jnp.stack([zero, -z, y, z, zero, -x, -y, x, zero], axis=-1)
     k = k.reshape(rotvec.shape[:-1] + (3, 3))
     eye = jnp.eye(3, dtype=rotvec.dtype)
-    return eye + a[..., None, None] * k + b[..., None, None] * (k @ k)
+    kk = jnp.matmul(k, k, precision=jax.lax.Precision.HIGHEST)
+    return eye + a[..., None, None] * k + b[..., None, None] * kk
