@@ -245,14 +245,11 @@ def convert_module_state_dict(
 
 
 def _convert_dino(tensors: Mapping[str, np.ndarray], source: str):
-    # DINOv2 in torch-hub names, through the ViT importer (convert/dinov2.py).
+    # DINOv2 in torch-hub names (DINOBase loads it with torch.hub), through the ViT
+    # importer: architecture inferred from the shapes, every tensor mapped.
     from gshead_jax.convert import dinov2
 
-    config = dinov2.config_from_hub_tensors(tensors, source)
-    hint = f"(the base_model.dino_model.* tensors, read as torch-hub DINOv2 for {config})"
-    params = M.map_tensors(tensors, dinov2.dinov2_plan(config, "hub"), source=source, hint=hint)
-    params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
-    return config, params
+    return dinov2.convert_state_dict(tensors, source=source)
 
 
 def convert_gagavatar_state_dict(

@@ -35,7 +35,7 @@ channels 0-2 for every Gaussian and one unit quaternion per Gaussian.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -92,6 +92,7 @@ class LinearGSGenerator(nn.Module):
       hidden_dim: Branch hidden width (128).
       official_quirks: Reproduce the released code's rotation normalisation over
         the vertex axis (module docstring); False normalises each quaternion.
+      dtype: Compute dtype of the layers (None: the inputs'); params stay float32.
     """
 
     in_dim: int = 1024
@@ -99,6 +100,7 @@ class LinearGSGenerator(nn.Module):
     color_dim: int = _COLOR_DIM
     hidden_dim: int = 128
     official_quirks: bool = True
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, features: jnp.ndarray, direnc: jnp.ndarray) -> GaussianParams:
@@ -121,18 +123,20 @@ class LinearGSGenerator(nn.Module):
         for i in (0, 2, 4, 6):
             if i:
                 x = jax.nn.relu(x)
-            x = nn.Dense(width, name=f"feature_layers_{i}")(x)
-        x = jnp.concatenate([x, jnp.broadcast_to(direnc[:, None], (b, n, self.dir_dim))], -1)
+            x = nn.Dense(width, dtype=self.dtype, name=f"feature_layers_{i}")(x)
+        d = jnp.broadcast_to(direnc[:, None], (b, n, self.dir_dim)).astype(x.dtype)
+        x = jnp.concatenate([x, d], -1)
 
         def branch(name: str, out: int) -> jnp.ndarray:
-            h = jax.nn.relu(nn.Dense(self.hidden_dim, name=f"{name}_0")(x))
-            return nn.Dense(out, name=f"{name}_2")(h)
+            h = jax.nn.relu(nn.Dense(self.hidden_dim, dtype=self.dtype, name=f"{name}_0")(x))
+            return nn.Dense(out, dtype=self.dtype, name=f"{name}_2")(h)
 
-        colors = branch("color_layers", self.color_dim)
+        f32 = lambda a: a.astype(jnp.promote_types(a.dtype, jnp.float32))  # noqa: E731
+        colors = f32(branch("color_layers", self.color_dim))
         colors = jnp.concatenate([jax.nn.sigmoid(colors[..., :3]), colors[..., 3:]], -1)
-        opacities = jax.nn.sigmoid(branch("opacity_layers", 1))
-        scales = jax.nn.sigmoid(branch("scale_layers", 3)) * _SCALE_MAX
-        rotations = branch("rotation_layers", 4)
+        opacities = jax.nn.sigmoid(f32(branch("opacity_layers", 1)))
+        scales = jax.nn.sigmoid(f32(branch("scale_layers", 3))) * _SCALE_MAX
+        rotations = f32(branch("rotation_layers", 4))
         # F.normalize(rotations) defaults to dim=1: the vertex axis of [B, N, 4].
         rotations = _l2_normalize(rotations, axis=1 if self.official_quirks else -1)
         return GaussianParams(colors, opacities, scales, rotations)
@@ -151,12 +155,14 @@ class ConvGSGenerator(nn.Module):
       color_dim: Colour/feature channels (32).
       official_quirks: Reproduce the released code's colour sigmoid on the first
         three image columns (module docstring); False applies it to channels 0-2.
+      dtype: Compute dtype of the convs (None: the inputs'); params stay float32.
     """
 
     in_dim: int = 256
     dir_dim: int = 27
     color_dim: int = _COLOR_DIM
     official_quirks: bool = True
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, features: jnp.ndarray, direnc: jnp.ndarray) -> GaussianParams:
@@ -175,14 +181,16 @@ class ConvGSGenerator(nn.Module):
         b, h, w, _ = features.shape
         _check_direnc(direnc, b, self.dir_dim)
         d = jnp.broadcast_to(direnc[:, None, None], (b, h, w, self.dir_dim))
-        x = jnp.concatenate([features, d], axis=-1)
+        x = jnp.concatenate([features, d.astype(features.dtype)], axis=-1)
         hidden = self.in_dim // 2
         pad = ((1, 1), (1, 1))
         for i in (0, 2, 4):
-            x = nn.Conv(hidden, (3, 3), padding=pad, name=f"gaussian_conv_{i}")(x)
+            x = nn.Conv(hidden, (3, 3), padding=pad, dtype=self.dtype, name=f"gaussian_conv_{i}")(x)
             x = jax.nn.relu(x)
         c = self.color_dim
-        x = nn.Conv(c + 9, (1, 1), padding="VALID", name="gaussian_conv_6")(x)
+        x = nn.Conv(c + 9, (1, 1), padding="VALID", dtype=self.dtype, name="gaussian_conv_6")(x)
+        # Activations in float32 whatever the compute dtype (normalisation, sigmoid).
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         colors = x[..., :c]
         if self.official_quirks:
             # NCHW colors[..., :3] is the first three columns (module docstring).

@@ -16,6 +16,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "gagavatar"
 
 
+@pytest.fixture(autouse=True)
+def _float32_matmuls():
+    # Float32 parity needs full-precision matmuls/convs on GPUs (no TF32); no-op on CPU.
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def _fixture(name):
     path = ROOT / "experiments" / "make_gagavatar_fixtures.py"
     spec = importlib.util.spec_from_file_location("make_gagavatar_fixtures", path)
@@ -85,3 +92,19 @@ def test_dpt_rejects_bad_inputs():
         )
     with pytest.raises(ValueError, match="images must be"):
         head.init(jax.random.key(0), feats, jnp.zeros((1, 28, 28, 4)))
+
+
+@pytest.mark.gpu
+def test_dpt_bf16_tracks_f32_at_paper_size():
+    # GAGAvatar's head on 37 x 37 maps of width 768 (518^2 input), batch 2.
+    head = DPTHead()
+    keys = jax.random.split(jax.random.key(0), 5)
+    feats = [jax.random.normal(k, (2, 37, 37, 768)) for k in keys[:4]]
+    images = jax.random.uniform(keys[4], (2, 518, 518, 3))
+    variables = jax.jit(head.init)(jax.random.key(1), feats, images)
+    f32 = jax.jit(head.apply)(variables, feats, images).features
+    bf16 = jax.jit(head.clone(dtype=jnp.bfloat16).apply)(variables, feats, images).features
+    f32, bf16 = np.asarray(f32), np.asarray(bf16, np.float32)
+    assert f32.shape == (2, 296, 296, 256) and np.isfinite(bf16).all()
+    rel = np.linalg.norm(bf16 - f32) / np.linalg.norm(f32)
+    assert rel < 3e-2, rel

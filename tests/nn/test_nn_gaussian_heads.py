@@ -15,6 +15,13 @@ FIXTURES = ROOT / "tests" / "fixtures" / "gagavatar"
 FIELDS = ("colors", "opacities", "scales", "rotations", "positions")
 
 
+@pytest.fixture(autouse=True)
+def _float32_matmuls():
+    # Float32 parity needs full-precision matmuls/convs on GPUs (no TF32); no-op on CPU.
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def _fixture(name):
     path = ROOT / "experiments" / "make_gagavatar_fixtures.py"
     spec = importlib.util.spec_from_file_location("make_gagavatar_fixtures", path)

@@ -3,6 +3,7 @@
 import importlib.util
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,6 +13,13 @@ from gshead_jax.nn.lifting import LiftingPlane, lift, lifting_plane
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "gagavatar"
+
+
+@pytest.fixture(autouse=True)
+def _float32_matmuls():
+    # Float32 parity needs full-precision matmuls/convs on GPUs (no TF32); no-op on CPU.
+    with jax.default_matmul_precision("highest"):
+        yield
 
 
 def _fixture(name):

@@ -10,6 +10,14 @@ from gshead_jax.nn.resize import downsample2x, resize_bilinear, upsample2x
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+
+@pytest.fixture(autouse=True)
+def _float32_matmuls():
+    # Float32 parity needs full-precision matmuls/convs on GPUs (no TF32); no-op on CPU.
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 # (in_h, in_w, out_h, out_w): GAGAvatar's sizes (518 -> 148/74/37/19 image pyramid,
 # 19 -> 37 -> 74 -> 148 -> 296 fusion) plus odd, non-square and shrinking cases.
 SIZES = [(518, 518, 148, 19), (19, 37, 37, 74), (148, 20, 296, 40), (32, 40, 24, 24), (5, 7, 13, 3)]

@@ -16,6 +16,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "gagavatar"
 
 
+@pytest.fixture(autouse=True)
+def _float32_matmuls():
+    # Float32 parity needs full-precision matmuls/convs on GPUs (no TF32); no-op on CPU.
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def _fixture(name):
     path = ROOT / "experiments" / "make_gagavatar_fixtures.py"
     spec = importlib.util.spec_from_file_location("make_gagavatar_fixtures", path)
@@ -134,3 +141,21 @@ def test_styleunet_rejects_bad_config_and_input():
         net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 32)), noise_mode="fixed")
     with pytest.raises(ValueError, match="variant must be one of"):
         make_styleunet("huge")
+
+
+@pytest.mark.gpu
+def test_styleunet_bf16_tracks_f32_at_paper_size():
+    # GAGAvatar's refiner at 512^2, batch 2: bfloat16 compute (float32 params) stays
+    # within a few percent of float32. Compared before the sigmoid: random weights
+    # saturate it, and a logit near 0 flipping sign would dominate a max error.
+    net = make_styleunet("gagavatar", activation=False)
+    x = jax.random.uniform(jax.random.key(0), (2, 512, 512, 32))
+    variables = _random_variables(net, x[:1])
+    f32 = jax.jit(lambda v, x: net.apply(v, x, noise_mode="const"))(variables, x)
+    bf16 = jax.jit(lambda v, x: net.clone(dtype=jnp.bfloat16).apply(v, x, noise_mode="const"))(
+        variables, x
+    )
+    f32, bf16 = np.asarray(f32), np.asarray(bf16, np.float32)
+    assert f32.shape == (2, 512, 512, 3) and np.isfinite(bf16).all()
+    rel = np.linalg.norm(bf16 - f32) / np.linalg.norm(f32)
+    assert rel < 3e-2, rel
