@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gshead_jax import splat
+from gshead_jax.splat import xla
 
 # name: (num_gaussians, width, height, channels) -- as shared/bench/scenes.py.
 SCENES = {
@@ -119,7 +120,7 @@ def _temp_mib(jitted, *args):
         return None
 
 
-def bench_ours(scene, backend, *, reps, warmup, capacity, cotangent, gsplat_out=None):
+def bench_ours(scene, backend, *, reps, warmup, capacity, cotangent, config=None, gsplat_out=None):
     """One row for a gshead_jax backend."""
     width, height = scene["width"], scene["height"]
     n = scene["means"].shape[0]
@@ -138,7 +139,9 @@ def bench_ours(scene, backend, *, reps, warmup, capacity, cotangent, gsplat_out=
         cap = int(capacity)
 
     def render(*arrays):
-        return splat.rasterize(*arrays, width=width, height=height, capacity=cap, backend=backend)
+        return splat.rasterize(
+            *arrays, width=width, height=height, capacity=cap, backend=backend, config=config
+        )
 
     fwd = jax.jit(render)
 
@@ -155,6 +158,7 @@ def bench_ours(scene, backend, *, reps, warmup, capacity, cotangent, gsplat_out=
     )
     row = {
         "backend": backend,
+        "config": None if config is None else repr(config),
         "fwd_ms": fwd_ms,
         "fwd_pipelined_ms": fwd_pipe,
         "fwdbwd_ms": bwd_ms,
@@ -308,6 +312,11 @@ def main(argv=None):
     parser.add_argument(
         "--capacity", default="default", help="'default' (the rule), 'tight' (count*1.05) or an int"
     )
+    parser.add_argument(
+        "--xla-config",
+        default=None,
+        help="BLOCK,MAX_BLOCK,MIN_PHASE_TILES of xla.XlaConfig (default: its defaults)",
+    )
     parser.add_argument("--compare-gsplat", action="store_true")
     parser.add_argument(
         "--gsplat-render-mode",
@@ -322,6 +331,11 @@ def main(argv=None):
         args.scenes, args.reps, args.warmup = ",".join(SMOKE_SCENES), 5, 1
         if args.backends == "xla,pallas":
             args.backends = "xla,reference"
+
+    configs = {}
+    if args.xla_config:
+        block, max_block, min_tiles = (int(v) for v in args.xla_config.split(","))
+        configs["xla"] = xla.XlaConfig(block, max_block, min_tiles)
 
     env = _environment()
     print(" ".join(f"{k}={v}" for k, v in env.items()), flush=True)
@@ -358,6 +372,7 @@ def main(argv=None):
                 warmup=args.warmup,
                 capacity=args.capacity,
                 cotangent=cotangent,
+                config=configs.get(backend),
                 gsplat_out=gsplat_out,
             )
             rows.append({"scene": name, **row})

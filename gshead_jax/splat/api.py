@@ -55,8 +55,8 @@ def _pallas_supported() -> bool:
         return False
 
 
-def _render_reference(proj, features, background, *, width, height, tile_size, capacity):
-    del capacity  # dense: no intersection list
+def _render_reference(proj, features, background, *, width, height, tile_size, capacity, config):
+    del capacity, config  # dense: no intersection list, no schedule
     image, alpha, depth = reference.composite_dense(
         proj.means2d,
         proj.conics,
@@ -77,7 +77,7 @@ def _render_reference(proj, features, background, *, width, height, tile_size, c
 
 
 def _tiled(composite: Callable) -> Callable:
-    def render(proj, features, background, *, width, height, tile_size, capacity):
+    def render(proj, features, background, *, width, height, tile_size, capacity, config):
         bins = binning.bin_gaussians(
             proj, width=width, height=height, tile_size=tile_size, capacity=capacity
         )
@@ -93,6 +93,7 @@ def _tiled(composite: Callable) -> Callable:
             width=width,
             height=height,
             tile_size=tile_size,
+            **({} if config is None else {"config": config}),
         )
         return image, alpha, depth, bins.num_intersections, bins.overflow
 
@@ -152,6 +153,7 @@ def rasterize(
     tile_size: int = 16,
     capacity: int | None = None,
     backend: str = "auto",
+    config: object | None = None,
 ) -> RasterOutput:
     """Renders 3D Gaussians with features into an image, as gsplat 1.5.3 does.
 
@@ -183,6 +185,9 @@ def rasterize(
         capacity: Static length of the intersection list;
             ``binning.default_capacity`` when None.
         backend: "reference", "xla", "pallas" or "auto".
+        config: Static schedule options of the chosen tiled backend
+            (``xla.XlaConfig`` or ``pallas_gpu.Config``); None = its default.
+            Speed only: results do not depend on it beyond float rounding.
 
     Returns:
         A ``RasterOutput``.
@@ -200,6 +205,8 @@ def rasterize(
         backend = "pallas" if _pallas_supported() else "xla"
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {['auto', *_BACKENDS]}, got {backend!r}")
+    if backend == "reference" and config is not None:
+        raise ValueError(f"the reference backend takes no config, got {config!r}")
 
     _check_shape("means", means, (None, 3), "[N, 3]")
     n = np.shape(means)[0]
@@ -262,5 +269,6 @@ def rasterize(
         height=height,
         tile_size=tile_size,
         capacity=capacity,
+        config=config,
     )
     return RasterOutput(image, alpha, depth, count.astype(jnp.int32), overflow)

@@ -161,7 +161,9 @@ def bin_gaussians(
     # 1. Gaussians in (depth, index) order. Culled Gaussians have zero counts,
     #    so where they land does not matter.
     depths = jax.lax.stop_gradient(proj.depths)
-    _, order = jax.lax.sort((depths, jnp.arange(n, dtype=jnp.int32)), num_keys=2)
+    # One key + stable (not two keys): the same order, and XLA on GPU can use a
+    # radix sort for a single-key (key, value) sort.
+    _, order = jax.lax.sort((depths, jnp.arange(n, dtype=jnp.int32)), num_keys=1, is_stable=True)
     counts_o = counts[order]
 
     # 2. Exclusive offsets in that order. The true total in float32 as well, to

@@ -6,7 +6,7 @@ import pytest
 from splat_testing import ARGS, BACKENDS, random_scene, render_fn
 
 from gshead_jax import splat
-from gshead_jax.splat import api
+from gshead_jax.splat import api, xla
 
 W, H = 40, 24
 
@@ -74,6 +74,7 @@ def test_non_finite_background_rejected(scene):
         ({"tile_size": -16}, ValueError, "tile_size must be >= 1"),
         ({"capacity": 0}, ValueError, "capacity must be >= 1"),
         ({"backend": "cuda"}, ValueError, "backend must be one of"),
+        ({"backend": "reference", "config": 1}, ValueError, "reference backend takes no config"),
     ],
 )
 def test_bad_static_arguments(scene, kwargs, error, match):
@@ -122,3 +123,16 @@ def test_non_finite_check_skipped_under_jit():
     scene["features"][:] = np.nan
     out = render_fn("reference", W, H)(_args(scene), scene["background"])
     assert np.isnan(np.asarray(out.image)).any()
+
+
+def test_config_reaches_the_backend(scene):
+    # Traced only (no compilation): the xla schedule's phases are while loops.
+    def count_loops(config):
+        jaxpr = jax.make_jaxpr(
+            lambda *a: splat.rasterize(*a, width=W, height=H, backend="xla", config=config)
+        )(*_args(scene))
+        return str(jaxpr).count("while[")
+
+    phased = xla.XlaConfig(block_gaussians=8, max_block_gaussians=32, min_phase_tiles=1)
+    assert len(phased.phases(6)) == 3 and len(xla.XlaConfig().phases(6)) == 1
+    assert count_loops(phased) - count_loops(None) == 2

@@ -9,6 +9,8 @@ order. Geometric inputs (means, quats, scales) reach the loss through 1/(1 - a)
 and exp terms and get the looser bound.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +40,11 @@ GRAD_TOL = {
 
 def _composite(backend):
     if backend == "xla":
-        return xla.composite
+        # Short blocks and phases down to one tile: the tiny scene runs every
+        # phase of the schedule (6 -> 3 -> 1 tiles, blocks 8 -> 16 -> 32).
+        config = xla.XlaConfig(block_gaussians=8, max_block_gaussians=32, min_phase_tiles=1)
+        assert config.phases(6) == ((6, 8), (3, 16), (1, 32))
+        return functools.partial(xla.composite, config=config)
     from gshead_jax.splat import pallas_gpu
 
     return pallas_gpu.composite
