@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gshead_jax import splat
-from gshead_jax.splat import xla
+from gshead_jax.splat import binning, xla
 
 # name: (num_gaussians, width, height, channels) -- as shared/bench/scenes.py.
 SCENES = {
@@ -120,6 +120,23 @@ def _temp_mib(jitted, *args):
         return None
 
 
+def _count_intersections(arrays, width, height):
+    """The true intersection count of a scene (projection + tile rectangles only)."""
+
+    @jax.jit
+    def count(means, quats, scales, opacities, features, viewmat, K):
+        proj = splat.project(
+            means, quats, scales, opacities, viewmat, K,
+            width=width, height=height, near=0.01, far=1e10, eps2d=0.3,
+        )  # fmt: skip
+        x0, x1, y0, y1 = binning.tile_rects(
+            proj.means2d, proj.radii, width=width, height=height, tile_size=16
+        )
+        return jnp.sum((x1 - x0) * (y1 - y0))
+
+    return int(count(*arrays))
+
+
 def bench_ours(scene, backend, *, reps, warmup, capacity, cotangent, config=None, gsplat_out=None):
     """One row for a gshead_jax backend."""
     width, height = scene["width"], scene["height"]
@@ -131,9 +148,7 @@ def bench_ours(scene, backend, *, reps, warmup, capacity, cotangent, config=None
     if capacity == "default":
         cap = splat.default_capacity(n, width, height)
     elif capacity == "tight":
-        count = int(
-            splat.rasterize(*copies[0], width=width, height=height, backend="xla", capacity=1)[3]
-        )
+        count = _count_intersections(copies[0], width, height)
         cap = max(1024, math.ceil(count * 1.05 / 1024) * 1024)
     else:
         cap = int(capacity)
