@@ -177,15 +177,15 @@ class RAR(AvatarModel):
         # One compiled program (an eager Flax init dispatches and compiles op by op),
         # without XLA's backend optimisations: ~100 threefry draws otherwise take most
         # of a CPU test's time to compile, for a program that runs once.
-        nets = jax.jit(
-            functools.partial(
-                self._init_nets,
-                num_vertices=model.num_vertices,
-                num_expression=model.num_expression,
-                num_static=anchors.num_static,
-            ),
-            compiler_options=_FAST_COMPILE,
-        )(rng)
+        init_nets = functools.partial(
+            self._init_nets,
+            num_vertices=model.num_vertices,
+            num_expression=model.num_expression,
+            num_static=anchors.num_static,
+        )
+        if not isinstance(rng, jax.core.Tracer):  # under a trace (eval_shape) it inlines
+            init_nets = jax.jit(init_nets, compiler_options=_FAST_COMPILE)
+        nets = init_nets(rng)
         frozen = {}
         if not self.config.finetune_encoder:
             frozen["encoder"] = nets.pop("encoder")

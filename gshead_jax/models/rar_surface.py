@@ -190,7 +190,8 @@ def sample_anchors(
         # Start from the resolution whose texel count matches N at the UV layout's
         # coverage, grow by 5 % until enough texels are covered.
         tri = vt[ft[usable]]
-        uv_area = 0.5 * np.abs(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])).sum()
+        e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+        uv_area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).sum()
         res = max(4, int(np.ceil(np.sqrt(num_anchors / max(min(uv_area, 1.0), 1e-3)))))
         while True:
             face, bary, uv = _uv_raster(vt, ft, usable, res)
