@@ -3,6 +3,7 @@
 records      the record schema, its checks and its one-blob serialisation
 source       FrameIndex, the FrameSource protocol, InMemorySource
 tracked      GAGAvatar's tracked layout (img_lmdb + optim.pkl + dataset.json), CLI convert
+synthetic    the synthetic head dataset (SyntheticSource, CLI), the embedded default
 arrayrecord  the project's layout: ArrayRecord shards + manifest.json
 pairs        pair rules (same clip, cross identity, multi view)
 pipeline     train/eval pipelines, device placement, Orbax checkpoint args
@@ -20,6 +21,7 @@ from gshead_jax.data.pipeline import (
 )
 from gshead_jax.data.records import BadRecordError, check_record, decode_record, encode_record
 from gshead_jax.data.source import FrameIndex, FrameSource, InMemorySource
+from gshead_jax.data.synthetic import SyntheticConfig, SyntheticSource
 from gshead_jax.data.tracked import TrackedSource
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "FrameIndex",
     "FrameSource",
     "InMemorySource",
+    "SyntheticConfig",
+    "SyntheticSource",
     "TrackedSource",
     "check_record",
     "decode_record",
