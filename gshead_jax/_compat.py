@@ -31,3 +31,8 @@ def gpu_compute_capability() -> tuple[int, int] | None:
         return None
     major, minor = str(cc).split(".")[:2]
     return int(major), int(minor)
+
+
+def is_tracer(x) -> bool:
+    """True when ``x`` is a tracer (inside jit, vmap, grad, eval_shape), not a value."""
+    return isinstance(x, jax.core.Tracer)

@@ -294,6 +294,23 @@ def test_avatar_and_drive_do_not_depend_on_encoder_size():
     assert [v.aval for v in large.drive.jaxpr.outvars] == [v.aval for v in huge.drive.jaxpr.outvars]
     # The per-frame module is ultra-light; the avatar holds no encoder-sized tensor.
     assert param_count(large.params[TRAINABLE]["reenactment"]) < 20_000
+    # The drive program reads no encoder or generator weight at all: of the params, only
+    # the reenactment module (and refiner) and the constants are inputs of any operation.
+    jaxpr = large.drive.jaxpr
+    used = {id(v) for eqn in jaxpr.eqns for v in eqn.invars}
+    paths = jax.tree_util.tree_flatten_with_path(large.params)[0]
+    read = {
+        jax.tree_util.keystr(path[:2])
+        for (path, _), var in zip(paths, jaxpr.invars[: len(paths)])
+        if id(var) in used
+    }
+    assert f"['{TRAINABLE}']['reenactment']" in read
+    assert read <= {
+        f"['{TRAINABLE}']['reenactment']",
+        f"['{TRAINABLE}']['refiner']",
+        f"['{CONSTANTS}']['flame']",
+        f"['{CONSTANTS}']['anchors']",
+    }, read
 
 
 def test_feature_channels_and_no_refiner_shapes():
