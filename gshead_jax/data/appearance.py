@@ -320,7 +320,8 @@ def surface_albedo(
     r = Region
     eye_y, eye_z = anchors.eye_y, float(anchors.eyes[:, 2].mean())
     fields = _lowfreq(rng, p, 4, (0.05, 0.16))
-    grain = rng.normal(0.0, 1.0, (n, 3))
+    # Per-point grain: mostly luminance (hair strands, pores), a little colour.
+    grain = rng.normal(0.0, 1.0, (n, 1)) + 0.25 * rng.normal(0.0, 1.0, (n, 3))
 
     # Skin: tone x low-frequency luminance/redness, blush on cheeks, nose, ears.
     skin = np.broadcast_to(traits.skin, (n, 3)).copy()

@@ -162,7 +162,10 @@ def render_jit(model, head, params, viewmat, K, light, *, size, backend="xla", c
 def render_batch(
     model, heads, params, viewmats, Ks, lights, *, size, backend="auto", capacity=None
 ):
-    """`render_frame` vmapped over frames: many frames per call on the device.
+    """`render_frame` over a batch of frames: many frames per call on the device.
+
+    XLA backends vmap the frames; the Pallas kernels (Mosaic GPU kernels have no
+    batching rule) run them in a device-side loop (`jax.lax.map`), still one call.
 
     Args:
       model: The head model (shared).
@@ -178,8 +181,22 @@ def render_batch(
     Returns:
       images [B, S, S, 3], alphas [B, S, S, 1], overflow [B].
     """
+    backend = resolve_backend(backend)
     fn = functools.partial(render_frame, size=size, backend=backend, capacity=capacity)
+    if backend == "pallas":
+        return jax.lax.map(lambda x: fn(model, *x), (heads, params, viewmats, Ks, lights))
     return jax.vmap(fn, in_axes=(None, 0, 0, 0, 0, 0))(model, heads, params, viewmats, Ks, lights)
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` -> ``pallas`` where its kernels run (Hopper GPUs), else ``xla``."""
+    if backend != "auto":
+        return backend
+    try:
+        from gshead_jax.splat import pallas_gpu
+    except ImportError:
+        return "xla"
+    return "pallas" if pallas_gpu.is_supported() else "xla"
 
 
 def intrinsics(size: int) -> np.ndarray:

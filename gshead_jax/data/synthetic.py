@@ -326,6 +326,17 @@ def mask_bbox(mask: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- CLI
 
 
+def _preview_rows(text: str, identities: int, parser) -> list[int]:
+    try:
+        rows = [int(t) for t in text.split(",")] if "," in text else list(range(int(text)))
+    except ValueError:
+        parser.error(f"--preview-identities must be a count or a list of ints, got {text!r}")
+    rows = rows[:identities] if "," not in text else rows
+    if not rows or min(rows) < 0 or max(rows) >= identities:
+        parser.error(f"--preview-identities {text!r}: identities are 0..{identities - 1}")
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI (see the module docstring)."""
     p = argparse.ArgumentParser(
@@ -355,7 +366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "auto on a GPU, xla on CPU)")  # fmt: skip
     p.add_argument("--image-codec", default="raw", choices=("raw", "png"))
     p.add_argument("--preview", default=None, help="also write a contact sheet PNG here")
-    p.add_argument("--preview-identities", type=int, default=6)
+    p.add_argument(
+        "--preview-identities",
+        default="6",
+        help="rows of the preview: a count n (identities 0..n-1) or a comma-separated list",
+    )
     p.add_argument("--preview-size", type=int, default=None, help="cell size (default --size)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -399,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         synth_preview.contact_sheet(
             SyntheticSource(config, backend=backend),
             a.preview,
-            identities=min(a.preview_identities, config.identities),
+            identities=_preview_rows(a.preview_identities, config.identities, p),
             size=a.preview_size or config.image_size,
         )
         print(f"preview: {a.preview}")
