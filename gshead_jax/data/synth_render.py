@@ -160,7 +160,7 @@ def render_jit(model, head, params, viewmat, K, light, *, size, backend="xla", c
 
 @functools.partial(jax.jit, static_argnames=("size", "backend", "capacity"))
 def render_batch(
-    model, heads, params, viewmats, Ks, lights, *, size, backend="auto", capacity=None
+    model, heads, params, viewmats, Ks, lights, which=None, *, size, backend="auto", capacity=None
 ):
     """`render_frame` over a batch of frames: many frames per call on the device.
 
@@ -169,11 +169,14 @@ def render_batch(
 
     Args:
       model: The head model (shared).
-      heads: Each frame's identity Gaussians. [B, N]
+      heads: Each frame's identity Gaussians [B, N], or the distinct ones [U, N]
+        with ``which``.
       params: FLAME parameters per frame (leading dim B).
       viewmats: [B, 4, 4]
       Ks: [B, 3, 3]
       lights: [B, 9]
+      which: Row of ``heads`` per frame (frames of one identity share its
+        Gaussians: less to transfer), or None. int32 [B]
       size: Image side S.
       backend: `splat.rasterize` backend ("auto": Pallas on Hopper GPUs, else XLA).
       capacity: Tile-intersection capacity per frame.
@@ -181,6 +184,8 @@ def render_batch(
     Returns:
       images [B, S, S, 3], alphas [B, S, S, 1], overflow [B].
     """
+    if which is not None:
+        heads = jax.tree.map(lambda x: x[which], heads)
     backend = resolve_backend(backend)
     fn = functools.partial(render_frame, size=size, backend=backend, capacity=capacity)
     if backend == "pallas":
@@ -245,19 +250,25 @@ def render_states(
         translation=zeros,
     )
     K = np.broadcast_to(intrinsics(size), (b, 3, 3))
-    stacked = hg.stack(list(heads))
+    distinct, which = [], []  # frames of one identity share its Gaussians
+    for h in heads:
+        same = [u for u, g in enumerate(distinct) if g is h]
+        if not same:
+            distinct.append(h)
+        which.append(same[0] if same else len(distinct) - 1)
+    stacked = hg.stack(distinct) if batch else None
     capacity = getattr(owner, "_capacity", None)
     for _ in range(_MAX_CAPACITY_DOUBLINGS + 1):
         if batch:
             images, alphas, overflow = render_batch(
-                model, stacked, params, viewmats, K, lights, size=size, backend=backend,
-                capacity=capacity,
+                model, stacked, params, viewmats, K, lights, np.asarray(which, np.int32),
+                size=size, backend=backend, capacity=capacity,
             )  # fmt: skip
         else:
             outs = [
                 render_jit(
                     model,
-                    jax.tree.map(lambda x, j=j: x[j], stacked),
+                    heads[j],
                     jax.tree.map(lambda x, j=j: x[j], params),
                     viewmats[j],
                     K[j],
@@ -271,7 +282,7 @@ def render_states(
             images, alphas, overflow = (jnp.stack(z) for z in zip(*outs, strict=True))
         if not bool(np.any(overflow)):
             return np.asarray(images), np.asarray(alphas)
-        n = stacked.num
+        n = heads[0].num
         capacity = 2 * (capacity or binning.default_capacity(n, size, size))
         if owner is not None:
             owner._capacity = capacity

@@ -173,3 +173,21 @@ def test_model_without_labels_is_refused(model):
             np.random.default_rng(0)), np.random.default_rng(0), num_gaussians=2048)  # fmt: skip
     with pytest.raises(ValueError, match="num_gaussians"):
         idm.make_identity(model, 0, 0, num_gaussians=100)
+
+
+def test_overflow_is_rendered_again_with_more_capacity(model, people):
+    """A capacity below the true intersection count: retried, never a truncated image."""
+    import types
+
+    from gshead_jax.data.synth_render import render_states
+
+    small = idm.make_identity(model, 0, 1, num_gaussians=1024)
+    state = tr.neutral(100)
+    viewmat, light = tr.frame_camera(state, 0.0, 0.0)
+    args = (model, [small.gaussians], [(small.shape, state)], viewmat[None], light[None])
+    full, _ = render_states(*args, size=16, batch=False)
+    owner = types.SimpleNamespace(_capacity=512)  # ~700 intersections needed
+    again, _ = render_states(*args, size=16, batch=False, owner=owner)
+    assert owner._capacity == 1024
+    np.testing.assert_array_equal(again, full)
+    assert full.max() > 0.2
