@@ -249,6 +249,23 @@ def _pixel_coords(ops, tile, sub, tiles_x, k, width, height):
     return jnp.max(px, axis=1), jnp.max(py, axis=1), jnp.max(outside, axis=1)
 
 
+def _sequential_batching(kernel_fn):
+    """Batch a kernel call by looping over the batch (``lax.map``) under ``vmap``.
+
+    Mosaic GPU kernels have no batching rule; each render already fills the GPU,
+    so a loop costs only the launch latency. Static keyword arguments are bound
+    before ``sequential_vmap`` wraps the array arguments.
+    """
+
+    @functools.wraps(kernel_fn)
+    def call(*arrays, **static):
+        bound = functools.partial(kernel_fn, **static)
+        return jax.custom_batching.sequential_vmap(bound)(*arrays)
+
+    return call
+
+
+@_sequential_batching
 def _fwd(ranges, prm, feat3, *, tiles_x, num_tiles, width, height, config, interpret):
     """Forward kernel: out_aug [T, 256, C'], T_final [T, 256], chunks processed [T, 256]."""
     ops = _Ops(interpret)
@@ -373,6 +390,7 @@ def moment_basis() -> np.ndarray:
     return p
 
 
+@_sequential_batching
 def _bwd(ranges, prm, feat3, nch, g3, gc, *, tiles_x, num_tiles, width, height, config, interpret):
     """Backward kernel: per-intersection dF [I, C'] and q-moments [I, 16]."""
     ops = _Ops(interpret)
