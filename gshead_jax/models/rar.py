@@ -454,15 +454,14 @@ class RAR(AvatarModel):
             capacity=c.capacity,
             backend=c.splat_backend,
         )
-        out = jax.vmap(render)(
-            means,
-            quats,
-            avatar.scales,
-            avatar.opacities,
-            avatar.colors,
-            camera.viewmat,
-            camera.K,
-        )
+        inputs = (means, quats, avatar.scales, avatar.opacities, avatar.colors)
+        inputs += (camera.viewmat, camera.K)
+        if b == 1:
+            # One frame (the real-time case): no batching rule in the way (the Pallas
+            # kernels batch as a sequential loop).
+            out = jax.tree.map(lambda x: x[None], render(*(x[0] for x in inputs)))
+        else:
+            out = jax.vmap(render)(*inputs)
         coarse = out.image[..., :3]
         image = coarse
         if c.refiner:

@@ -42,6 +42,10 @@ def test_full_size_reconstruct_and_drive(name):
     assert np.all(np.isfinite(np.asarray(out)))
     assert not bool(aux["overflow"].any()), int(aux["num_intersections"][0])
     assert float(aux["alpha"][0, 200:312, 200:312].mean()) > 0.9
+    # Batch 1 renders without vmap; a batch of two (vmapped) gives the same frame.
+    two = jax.tree.map(lambda x: jnp.concatenate([x, x]), (avatar, driving, cams))
+    out2, _ = jax.jit(model.drive)(params, *two)
+    np.testing.assert_allclose(np.asarray(out2[1]), np.asarray(out[0]), atol=1e-4)
 
 
 def test_rar_l_training_step_is_finite():
