@@ -65,7 +65,7 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 
-from gshead_jax import flame
+from gshead_jax import _compat, flame
 from gshead_jax.camera import GAGAVATAR_FLAME_SCALE, GAGAVATAR_FOCAL, Camera
 from gshead_jax.flame import FlameModel, FlameParams
 from gshead_jax.models.base import (
@@ -77,6 +77,7 @@ from gshead_jax.models.base import (
     check_camera,
     check_flame_params,
     check_image,
+    param_count,
     register_model,
 )
 from gshead_jax.nn.dpt import DPT_VARIANTS, DPTHead
@@ -104,6 +105,7 @@ _VERTEX_ROTATIONS = ("first_order", "identity")
 _DIR_HARMONICS = 4  # n_harmonic_dir = 4 -> 27-D (models.py)
 # XLA:CPU compile options for one-off init programs (see _compile_init).
 _FAST_CPU_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+_FAST_INIT_MAX_VALUES = 20_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,14 +250,17 @@ def _flame_model(path, seed, num_vertices, num_shape, num_expression) -> FlameMo
 
 
 def _compile_init(fn, rng):
-    """``jax.jit(fn)`` compiled for ``rng``; cheaply on CPU.
+    """``jax.jit(fn)`` compiled for ``rng``; cheaply for small models on CPU.
 
     On XLA:CPU, LLVM's optimisation of an init program (hundreds of unrolled
-    threefry samplers) takes minutes on a small machine while running it takes
-    milliseconds, so the one-off init compiles without the expensive passes there.
+    threefry samplers) takes a minute on a small machine while running it takes
+    milliseconds, so a small model's one-off init compiles without the expensive
+    passes; unoptimised samplers are slow to *run* at paper size (170M values),
+    which therefore compiles normally.
     """
     lowered = jax.jit(fn).lower(rng)
-    if jax.default_backend() == "cpu":
+    small = param_count(lowered.out_info) < _FAST_INIT_MAX_VALUES
+    if small and jax.default_backend() == "cpu":
         return lowered.compile(_FAST_CPU_COMPILE)
     return lowered.compile()
 
@@ -410,7 +415,10 @@ class GAGAvatar(AvatarModel):
         """
         fm = self.flame_model()
         learned = functools.partial(self._init_learned, num_vertices=fm.num_vertices)
-        trainable, frozen = _compile_init(learned, rng)(rng)
+        if _compat.is_tracer(rng):  # under jit / eval_shape: just trace it
+            trainable, frozen = learned(rng)
+        else:
+            trainable, frozen = _compile_init(learned, rng)(rng)
         return {TRAINABLE: trainable, FROZEN: frozen, CONSTANTS: {"flame": fm}}
 
     def _init_learned(self, rng: jax.Array, *, num_vertices: int):
