@@ -36,3 +36,19 @@ def gpu_compute_capability() -> tuple[int, int] | None:
 def is_tracer(x) -> bool:
     """True when ``x`` is a tracer (inside jit, vmap, grad, eval_shape), not a value."""
     return isinstance(x, jax.core.Tracer)
+
+
+def mosaic_gpu_load(ref, layout):
+    """``plgpu.load`` of a whole ref into ``layout``.
+
+    jax 0.10 requires the index argument; jax 0.11 deprecates passing it
+    (``ref.at[...]`` instead) and makes it optional.
+    """
+    import inspect
+
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+
+    idx_param = inspect.signature(plgpu.load).parameters["idx"]
+    if idx_param.default is inspect.Parameter.empty:
+        return plgpu.load(ref, (), layout=layout)
+    return plgpu.load(ref, layout=layout)

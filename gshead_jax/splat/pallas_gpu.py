@@ -45,6 +45,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from gshead_jax import _compat
 from gshead_jax.splat.binning import tile_grid
 
 TILE = 16  # the kernels are written for gsplat's default 16x16 tiles
@@ -146,7 +147,7 @@ class _Ops:
         return plgpu.broadcasted_iota(jnp.int32, shape, dim, layout=plgpu.Layout.WGMMA)
 
     def load(self, ref, layout):
-        return ref[...] if self.interpret else plgpu.load(ref, (), layout=layout)
+        return ref[...] if self.interpret else _compat.mosaic_gpu_load(ref, layout)
 
     def mma(self, shape, terms, name="mma"):
         """sum_k op(a_k) @ op(b_k) in float32 for (a_ref, b_ref, transpose_a, transpose_b)."""
