@@ -142,6 +142,10 @@ class GAGAvatarConfig:
       dtype: Compute dtype of ViT / DPT / heads / StyleUNet (None: float32).
       splat_backend: ``splat.rasterize`` backend ("auto": Pallas on Hopper GPUs).
       splat_capacity: Static intersection capacity (None: ``splat.default_capacity``).
+        Paper size: 4 Mi. At random init every Gaussian has scale ~0.025 (sigmoid(0) x
+        0.05), ~16 px at 512^2: 3.05M intersections at the head camera, more than the
+        splat default (2.49M), so training from scratch would overflow; a trained head
+        (smaller Gaussians) needs fewer -- inference may pass a tighter capacity.
       tile_size: Splat tile side.
     """
 
@@ -171,7 +175,7 @@ class GAGAvatarConfig:
     eval_noise: str = "const"
     dtype: Any = None
     splat_backend: str = "auto"
-    splat_capacity: int | None = None
+    splat_capacity: int | None = 4 * 1024 * 1024
     tile_size: int = 16
 
     def __post_init__(self):
@@ -567,15 +571,11 @@ class GAGAvatar(AvatarModel):
             capacity=c.splat_capacity,
             backend=c.splat_backend,
         )
-        return jax.vmap(render)(
-            means,
-            avatar.quats,
-            avatar.scales,
-            avatar.opacities,
-            avatar.colors,
-            camera.viewmat,
-            camera.K,
-        )
+        args = (means, avatar.quats, avatar.scales, avatar.opacities, avatar.colors)
+        args += (camera.viewmat, camera.K)
+        if means.shape[0] == 1:  # the real-time case: no batched sort / scatter
+            return jax.tree.map(lambda x: x[None], render(*(a[0] for a in args)))
+        return jax.vmap(render)(*args)
 
     def _noise_mode(self, rng: jax.Array | None, train: bool) -> str:
         mode = "random" if train else self.config.eval_noise
@@ -730,6 +730,7 @@ TINY = dict(
     standin_vertices=1000,
     standin_shape=20,
     standin_expression=10,
+    splat_capacity=None,  # splat.default_capacity: ~6k of 41k used at init
 )
 
 
