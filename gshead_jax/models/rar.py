@@ -403,7 +403,8 @@ class RAR(AvatarModel):
             ``depth``, ``overflow`` [B], ``num_intersections`` [B], ``features`` (all
             splatted channels), ``means`` [B, N, 3], ``quats`` [B, N, 4] (world
             rotations), ``dynamic_offsets`` [B, N_dyn, 3]
-            (world units, for an offset regulariser), ``vertices`` (posed FLAME, world).
+            (world units, for an offset regulariser), ``flame_vertices`` [B, V, 3] (posed
+            FLAME, world units: GAGAvatar's key).
         """
         del rng, train
         c = self.config
@@ -476,7 +477,7 @@ class RAR(AvatarModel):
             "means": means,
             "quats": quats,
             "dynamic_offsets": dyn,
-            "vertices": verts,
+            "flame_vertices": verts,
         }
         return image, aux
 
