@@ -67,9 +67,11 @@ class GaussianParams(NamedTuple):
 
 
 def _l2_normalize(x: jnp.ndarray, axis: int) -> jnp.ndarray:
-    # torch.nn.functional.normalize: x / max(||x||, 1e-12).
-    norm = jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True))
-    return x / jnp.maximum(norm, 1e-12)
+    # torch.nn.functional.normalize: x / max(||x||, 1e-12). The norm is taken of a
+    # clamped square sum so that an all-zero vector has a finite gradient (sqrt'(0)
+    # is infinite and 0 * inf = NaN), as torch's own backward does.
+    sq = jnp.sum(x * x, axis=axis, keepdims=True)
+    return x / jnp.sqrt(jnp.maximum(sq, 1e-24))
 
 
 def _check_direnc(direnc: jnp.ndarray, batch: int, dir_dim: int) -> None:
