@@ -112,13 +112,26 @@ def is_supported() -> bool:
         return False
 
 
+def _truncate_to_bf16(x):
+    """x with its low 16 bits cleared: a float32 that bfloat16 holds exactly."""
+    bits = lax.bitcast_convert_type(x, jnp.uint32) & jnp.uint32(0xFFFF0000)
+    return lax.bitcast_convert_type(bits, _F32)
+
+
 def _split3(x):
-    """x (f32) -> three bf16 parts whose sum has 24 significant bits."""
-    x1 = x.astype(jnp.bfloat16)
-    r = x - x1.astype(_F32)
-    x2 = r.astype(jnp.bfloat16)
-    x3 = (r - x2.astype(_F32)).astype(jnp.bfloat16)
-    return x1, x2, x3
+    """x (f32) -> three bf16 parts with x == x1 + x2 + x3 exactly.
+
+    Truncation by bit masking, not ``astype`` round trips: XLA may keep excess
+    precision through a fused f32 -> bf16 -> f32 (``xla_allow_excess_precision``,
+    on by default), which silently made the residuals zero -- bf16 accuracy, 1e-3
+    errors -- on the GPU. Each residual is exact in float32 and the last one has at
+    most 8 significant bits, so all three parts are exact in bfloat16.
+    """
+    x1 = _truncate_to_bf16(x)
+    r = x - x1
+    x2 = _truncate_to_bf16(r)
+    x3 = r - x2
+    return x1.astype(jnp.bfloat16), x2.astype(jnp.bfloat16), x3.astype(jnp.bfloat16)
 
 
 def _transforms(swizzle: int):
