@@ -108,12 +108,13 @@ class _Attention(nn.Module):
         dense = dict(dtype=self.dtype, kernel_init=_INIT)
         q = nn.Dense(self.dim, name="q", **dense)(x).reshape(b, t, self.num_heads, hd)
         kv = nn.Dense(2 * self.dim, name="kv", **dense)(ctx).reshape(b, s, 2, self.num_heads, hd)
+        impl = attention_implementation(self.attention, q.dtype, hd)
+        if impl == "cudnn" and self.attention == "auto" and (t % 64 or s % 64):
+            # cuDNN's fused attention refuses these lengths in its training path
+            # (seen on an H200: "Unsupported sequence length Q 5023, KV 1370").
+            impl = "xla"
         out = jax.nn.dot_product_attention(
-            q,
-            kv[:, :, 0],
-            kv[:, :, 1],
-            scale=hd**-0.5,
-            implementation=attention_implementation(self.attention, q.dtype, hd),
+            q, kv[:, :, 0], kv[:, :, 1], scale=hd**-0.5, implementation=impl
         )
         return nn.Dense(self.dim, name="out", **dense)(out.reshape(b, t, self.dim))
 
