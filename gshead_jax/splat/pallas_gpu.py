@@ -253,6 +253,43 @@ def _transmittance(ops, log_t, tcur, done, a_smem, u_smem, k):
     return t_excl, keep, new_t, new_done
 
 
+def _chunk_loader(feat_ref, prm_ref, f_smem, prm_smem, bars, k):
+    """issue(c, slot): TMA copies of chunk c (three feature splits + parameters) into slot."""
+
+    def issue(c, slot):
+        for j in range(3):
+            plgpu.copy_gmem_to_smem(
+                feat_ref.at[j, pl.ds(c * k, k), :], f_smem.at[slot, j], bars.at[slot]
+            )
+        plgpu.copy_gmem_to_smem(prm_ref.at[:, pl.ds(c * k, k)], prm_smem.at[slot], bars.at[slot])
+
+    return issue
+
+
+def _await_chunk(bars, slot, issue, c, has_next, prefetch):
+    """Waits for chunk c in ``slot``; with ``prefetch``, starts loading c + 1 into the other.
+
+    The other slot's previous chunk is consumed: its parameters were loaded before
+    the last ``commit_smem`` barrier and its MMAs awaited.
+    """
+    with jax.named_scope("wait"):
+        plgpu.barrier_wait(bars.at[slot])
+    if prefetch:
+
+        @pl.when(has_next)
+        def _():
+            issue(c + 1, 1 - slot)
+
+
+def _load_next_unbuffered(issue, c, has_next, prefetch):
+    """Without prefetch (one buffer), loads chunk c + 1 once chunk c is consumed."""
+    if not prefetch:
+
+        @pl.when(has_next)
+        def _():
+            issue(c + 1, 0)
+
+
 def _pixel_coords(ops, tile, sub, tiles_x, k, width, height):
     """Pixel centres of a program's block and the initial done flags, each [M]."""
     m = ops.iota((M, k), 0)
@@ -297,14 +334,7 @@ def _fwd(ranges, prm, feat3, *, tiles_x, num_tiles, width, height, config, inter
         c0 = ranges_ref[t, 0]
         c1 = ranges_ref[t, 1]
 
-        def issue(c, slot):
-            for j in range(3):
-                plgpu.copy_gmem_to_smem(
-                    feat_ref.at[j, pl.ds(c * k, k), :], f_smem.at[slot, j], bars.at[slot]
-                )
-            plgpu.copy_gmem_to_smem(
-                prm_ref.at[:, pl.ds(c * k, k)], prm_smem.at[slot], bars.at[slot]
-            )
+        issue = _chunk_loader(feat_ref, prm_ref, f_smem, prm_smem, bars, k)
 
         @pl.when(c0 < c1)
         def _():
@@ -317,13 +347,7 @@ def _fwd(ranges, prm, feat3, *, tiles_x, num_tiles, width, height, config, inter
             i, tcur, done, acc = carry
             c = c0 + i
             slot = i % nbuf
-            with jax.named_scope("wait"):
-                plgpu.barrier_wait(bars.at[slot])
-            if config.prefetch:
-
-                @pl.when(c + 1 < c1)
-                def _():
-                    issue(c + 1, 1 - slot)
+            _await_chunk(bars, slot, issue, c, c + 1 < c1, config.prefetch)
 
             alpha, _, log_t = _alpha_block(ops, prm_smem.at[slot], px, py, k)
             t_excl, keep, tcur, done = _transmittance(ops, log_t, tcur, done, a_smem, u_smem, k)
@@ -336,11 +360,7 @@ def _fwd(ranges, prm, feat3, *, tiles_x, num_tiles, width, height, config, inter
                 [(a_smem.at[a], f_smem.at[slot, b], False, False) for a, b in _PAIRS],
                 name="feature_mma",
             )
-            if not config.prefetch:
-
-                @pl.when(c + 1 < c1)
-                def _():
-                    issue(c + 1, 0)
+            _load_next_unbuffered(issue, c, c + 1 < c1, config.prefetch)
 
             return i + 1, tcur, done, acc
 
@@ -428,14 +448,7 @@ def _bwd(ranges, prm, feat3, nch, g3, gc, *, tiles_x, num_tiles, width, height, 
         nch_s = [nch_ref[t, s * M] for s in range(SUB)]
         nmax = functools.reduce(jnp.maximum, nch_s)
 
-        def issue(c, slot):
-            for j in range(3):
-                plgpu.copy_gmem_to_smem(
-                    feat_ref.at[j, pl.ds(c * k, k), :], f_smem.at[slot, j], bars.at[slot]
-                )
-            plgpu.copy_gmem_to_smem(
-                prm_ref.at[:, pl.ds(c * k, k)], prm_smem.at[slot], bars.at[slot]
-            )
+        issue = _chunk_loader(feat_ref, prm_ref, f_smem, prm_smem, bars, k)
 
         @pl.when(nmax > 0)
         def _():
@@ -448,13 +461,7 @@ def _bwd(ranges, prm, feat3, nch, g3, gc, *, tiles_x, num_tiles, width, height, 
         def chunk(i, carry):
             c = c0 + i
             slot = i % nbuf
-            with jax.named_scope("wait"):
-                plgpu.barrier_wait(bars.at[slot])
-            if config.prefetch:
-
-                @pl.when(i + 1 < nmax)
-                def _():
-                    issue(c + 1, 1 - slot)
+            _await_chunk(bars, slot, issue, c, i + 1 < nmax, config.prefetch)
 
             df_acc = ops.cast(jnp.zeros((k, cp), _F32), plgpu.Layout.WGMMA)
             mom_acc = ops.cast(jnp.zeros((k, 16), _F32), plgpu.Layout.WGMMA)
@@ -518,6 +525,7 @@ def _bwd(ranges, prm, feat3, nch, g3, gc, *, tiles_x, num_tiles, width, height, 
                 new_carry.append((tcur, done, prefix))
             df_ref[pl.ds(c * k, k), :] = df_acc
             mom_ref[pl.ds(c * k, k), :] = mom_acc
+            _load_next_unbuffered(issue, c, i + 1 < nmax, config.prefetch)
             return tuple(new_carry)
 
         init = tuple(
