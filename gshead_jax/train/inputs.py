@@ -68,9 +68,13 @@ HOW_TO_GET = {
         "flame_path to use the built-in stand-in"
     ),
     "vit": (
-        "a DINOv2 / WebSSL Hugging Face folder (config.json + model.safetensors), e.g. "
-        "`huggingface-cli download facebook/dinov2-base --local-dir {path}` "
+        "a DINOv2 / WebSSL Hugging Face folder (config.json + model.safetensors): "
+        "`huggingface-cli download facebook/{name} --local-dir {path}` "
         "(third_party/README.md, README 'Weights')"
+    ),
+    "synthetic_flame": (
+        "the FLAME file the synthetic heads are rendered with must carry region labels "
+        "(docs/data.md, 'Real FLAME'); or drop model= to use the built-in stand-in"
     ),
     "gagavatar": (
         "GAGAvatar.pt from https://huggingface.co/xg-chu/GAGAvatar (needs torch: "
@@ -86,8 +90,9 @@ def resolve_path(path: str | None, workdir: str) -> str | None:
     return os.path.expanduser(str(path).replace("{workdir}", workdir))
 
 
-def _missing(path: str, what: str, how: str) -> str:
-    return f"  {what}: {path} not found -- {how}"
+def _how(kind: str, path: str) -> str:
+    name = os.path.basename(os.path.normpath(path))
+    return HOW_TO_GET[kind].format(path=path, name=name)
 
 
 def model_overrides(config: Any) -> dict[str, Any]:
@@ -116,7 +121,11 @@ def check_inputs(config: Any, workdir: str) -> None:
       FileNotFoundError: listing each missing file and how to get it.
       ValueError: an unknown source kind or a source name that is not configured.
     """
-    problems = []
+    problems: dict[str, str] = {}  # path -> line (sources sharing a folder: once)
+
+    def missing(path: str, what: str, how: str) -> None:
+        problems.setdefault(path, f"  {what}: {path} not found -- {how}")
+
     sources = config.data.sources
     for name in _used_sources(config):
         if name not in sources:
@@ -131,25 +140,24 @@ def check_inputs(config: Any, workdir: str) -> None:
             for f in ("img_lmdb", "optim.pkl", "dataset.json"):
                 p = os.path.join(path, f)
                 if not os.path.exists(p):
-                    problems.append(_missing(p, what, HOW_TO_GET["tracked"]))
+                    missing(p, what, _how("tracked", path))
         elif kind == "arrayrecord" or (kind == "synthetic" and path and not spec.get("generate")):
             p = os.path.join(path, "manifest.json")
             if not os.path.exists(p):
-                problems.append(_missing(p, what, HOW_TO_GET[kind].format(path=path)))
-    flame_path = model_overrides(config).get("flame_path")
-    if flame_path and not os.path.exists(resolve_path(flame_path, workdir)):
-        problems.append(
-            _missing(resolve_path(flame_path, workdir), "FLAME model", HOW_TO_GET["flame"])
-        )
+                missing(p, what, _how(kind, path))
+        elif kind == "synthetic" and spec.get("model"):
+            cache = path and os.path.exists(os.path.join(path, "manifest.json"))
+            model = resolve_path(spec["model"], workdir)
+            if not cache and not os.path.exists(model):
+                missing(model, what, _how("synthetic_flame", model))
+    flame_path = resolve_path(model_overrides(config).get("flame_path"), workdir)
+    if flame_path and not os.path.exists(flame_path):
+        missing(flame_path, "FLAME model", _how("flame", flame_path))
     init = config.model.get("init", {}) or {}
     for key in ("vit", "gagavatar"):
         p = resolve_path(init.get(key), workdir)
         if p and not os.path.exists(p):
-            problems.append(
-                _missing(
-                    p, f"pretrained weights (model.init.{key})", HOW_TO_GET[key].format(path=p)
-                )
-            )
+            missing(p, f"pretrained weights (model.init.{key})", _how(key, p))
     perceptual = dict(config.get("perceptual", {}) or {})
     if perceptual.get("kind", "none") != "none":
         from gshead_jax.train.losses import build_perceptual_loss
@@ -157,10 +165,10 @@ def check_inputs(config: Any, workdir: str) -> None:
         try:
             build_perceptual_loss(**perceptual)
         except FileNotFoundError as e:
-            problems.append(f"  perceptual loss ({perceptual['kind']}): {e}")
+            problems["perceptual"] = f"  perceptual loss ({perceptual['kind']}): {e}"
     if problems:
         raise FileNotFoundError(
-            "missing input files (nothing was started):\n" + "\n".join(problems)
+            "missing input files (nothing was started):\n" + "\n".join(problems.values())
         )
 
 

@@ -181,7 +181,7 @@ class Run:
         shapes = {**jax.eval_shape(lambda: self.owned), "constants": self.constants}
         paths = stages_lib.learned_paths(self.model, shapes, stage)
         optimizer, step_fn = _train_step(
-            self.model, stage, tuple(paths), self.mesh, self.starts[index]
+            self.model, stage, tuple(paths), self.mesh, self.starts[index], _options(self.config)
         )
         d = self.config.data
         sources = self.sources(stage.sources, progress=jax.process_index() == 0)
@@ -209,23 +209,37 @@ class Run:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _train_step(model, stage, paths, mesh, stage_start):
+def _options(config: Any) -> tuple | None:
+    opts = config.get("compiler_options", None)
+    return None if not opts else tuple(sorted(dict(opts).items()))
+
+
+def _train_step(model, stage, paths, mesh, stage_start, options):
     """(optimizer, jitted step), cached on what the program depends on: a rebuilt Run
     (a restart in the same process, a test) reuses the compiled program."""
     program = dataclasses.replace(stage, name="", steps=1, sources=(), weights=(), pair_rule="")
-    return _cached_train_step(model, program, paths, mesh, stage_start)
+    return _cached_train_step(model, program, paths, mesh, stage_start, options)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_train_step(model, stage, paths, mesh, stage_start):
+def _cached_train_step(model, stage, paths, mesh, stage_start, options):
     optimizer = stages_lib.make_optimizer(stage.optimizer, paths)
-    step = make_train_step(model, stage, optimizer, paths, mesh, stage_start=stage_start)
+    step = make_train_step(
+        model,
+        stage,
+        optimizer,
+        paths,
+        mesh,
+        stage_start=stage_start,
+        compiler_options=None if options is None else dict(options),
+    )
     return optimizer, step
 
 
 @functools.lru_cache(maxsize=4)
-def _eval_step(model, mesh):
-    return make_eval_step(model, mesh, with_images=True)
+def _eval_step(model, mesh, options):
+    opts = None if options is None else dict(options)
+    return make_eval_step(model, mesh, with_images=True, compiler_options=opts)
 
 
 def _fetch_mean(history: list[Mapping[str, jax.Array]]) -> dict[str, float]:
@@ -279,7 +293,7 @@ class _Evaluator:
             pair_rule=c.get("pair_rule", "same_clip"),
             read_threads=r.config.data.get("read_threads", 4),
         )
-        self.step = _eval_step(r.model, r.mesh)
+        self.step = _eval_step(r.model, r.mesh, _options(r.config))
 
     def __call__(self, owned) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         it = iter(self.dataset)
@@ -314,7 +328,9 @@ def train_and_evaluate(
     Args:
       config: The ``ml_collections`` config (experiments/configs/*.py).
       workdir: The run's directory: checkpoints, logs, export.
-      run: A pre-built :class:`Run` (tests reuse one to skip model init).
+      run: A pre-built :class:`Run` (reused across calls, it skips the model init and
+        recompilation; its config must be ``config``). Checkpoints, logs and the
+        export go to ``workdir`` whatever the Run's own directory.
       stop_at: Stop as if preempted once the global step reaches this (no final
         evaluation or export; steps since the last checkpoint are lost, as in a
         kill). For tests of resumption and for time-sliced jobs.
@@ -326,9 +342,10 @@ def train_and_evaluate(
     t_start = time.perf_counter()
     r = run or Run.create(config, workdir)
     c = config
+    workdir = os.path.abspath(workdir)  # outputs; a given Run may have been built elsewhere
     main = jax.process_index() == 0
     ckpt = Checkpointer(
-        r.workdir, keep=c.checkpoint.get("keep", 3), use_async=c.checkpoint.get("use_async", True)
+        workdir, keep=c.checkpoint.get("keep", 3), use_async=c.checkpoint.get("use_async", True)
     )
     latest = ckpt.latest_step()
     if latest is not None:
@@ -341,7 +358,7 @@ def train_and_evaluate(
         state = r.initial_state(current)
     step = int(host_copy(state.step))
     writer = summaries.MetricsWriter(
-        r.workdir,
+        workdir,
         enabled=main,
         tensorboard=c.log.get("tensorboard", True),
         resume_step=latest,
@@ -437,7 +454,7 @@ def train_and_evaluate(
         return {"step": step, "preempted": True, "state": state}
     if c.get("export", True):
         export_params(
-            os.path.join(r.workdir, "export"),
+            os.path.join(workdir, "export"),
             state.params,
             model_name=c.model.name,
             overrides=inputs.model_overrides(c),

@@ -25,7 +25,7 @@ import numpy as np
 
 from gshead_jax.train import inputs, reenactment
 
-__all__ = ["portrait_record", "run_video", "synthetic_config_of"]
+__all__ = ["driver_from_spec", "portrait_record", "run_video", "synthetic_config_of"]
 
 
 def synthetic_config_of(source: Any):
@@ -58,7 +58,10 @@ def portrait_record(source: Any, identity: int, clip: int = 0, frame: int = 0) -
     return source[int(by_clip[(names[identity], clips[clip])][frame])]
 
 
-def _driver(spec: Mapping[str, Any], config: Any, workdir: str) -> reenactment.DrivingSequence:
+def driver_from_spec(
+    spec: Mapping[str, Any], config: Any, workdir: str
+) -> reenactment.DrivingSequence:
+    """The driving sequence a `config.video.driver` block describes."""
     frames = spec.get("frames")
     if spec.get("path"):
         return reenactment.load_driver(
@@ -108,7 +111,7 @@ def run_video(
         (src,) = inputs.build_sources(config, [p["source"]], workdir, progress=False)
         portrait = portrait_record(src, int(p.get("identity", 0)), int(p.get("clip", 0)))
     if driver is None:
-        driver = _driver(dict(spec["driver"]), config, workdir)
+        driver = driver_from_spec(dict(spec["driver"]), config, workdir)
     t = len(driver)
     frames = reenactment.reenact(model, params, portrait, driver, render_size=render)
     columns = [np.broadcast_to(np.asarray(portrait["image"]), (t, *np.shape(portrait["image"])))]

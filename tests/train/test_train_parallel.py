@@ -17,10 +17,13 @@ import train_testing as tt
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_worker.py")
 
 
-def _env(**extra):
+# Cheaper XLA:CPU compilation (the workers compile more than they run).
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def _env(xla_flags=""):
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=tt.ROOT, **extra)
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=tt.ROOT, XLA_FLAGS=f"{FAST_COMPILE} {xla_flags}")
     return env
 
 
@@ -33,12 +36,12 @@ def test_four_devices_equal_one_device(tmp_path, data_dir):
     out = tmp_path / "dp.json"
     subprocess.run(
         [sys.executable, WORKER, "dp", data_dir, str(out)],
-        env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+        env=_env("--xla_force_host_platform_device_count=4"),
         check=True,
         timeout=600,
     )
     r = json.loads(out.read_text())
-    assert r["max_update"] > 1e-4  # the step did move the parameters
+    assert r["max_update"] > 5e-5  # the step did move the parameters (lr 1e-4)
     assert r["max_diff"] <= 1e-5, r
     np.testing.assert_allclose(*r["loss"], rtol=1e-6)
     np.testing.assert_allclose(*r["grad_norm"], rtol=1e-4)
@@ -68,12 +71,13 @@ def test_two_processes_train_and_agree(tmp_path, data_dir):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     results = [json.loads((out / f"result_{i}.json").read_text()) for i in range(2)]
     assert results[0] == results[1] and results[0]["step"] == 3
-    assert results[0]["eval"]["count"] > 0
+    assert results[0]["eval"]["count"] > 0  # the held-out evaluation ran (both agree)
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "eval"] == [0, 3]
     # One checkpoint directory, one metrics file (process 0), both processes' data state.
     data = os.listdir(workdir / "checkpoints" / "3" / "data")
     assert sorted(f.split("-")[0] for f in data if f.startswith("process")) == [
         "process_0",
         "process_1",
     ]
-    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3]

@@ -64,6 +64,11 @@ def config(data_dir: str, *, steps: int = 3, batch: int = 2, **overrides):
     c.log.tensorboard = False
     c.video.enabled = False
     c.export = False
+    # The tests compile more than they run: cheaper XLA:CPU compilation.
+    c.compiler_options = {
+        "xla_backend_optimization_level": 0,
+        "xla_llvm_disable_expensive_passes": True,
+    }
     for k, v in overrides.items():
         node = c
         *parents, leaf = k.split(".")

@@ -29,6 +29,11 @@ def data_parallel(data_dir: str, out_json: str) -> None:
 
     assert jax.device_count() == 4, jax.devices()
     c = tt.config(data_dir, batch=4)
+    # GAGAvatar's Adam (beta1 0, lr 1e-4): Adam's first update is ~lr * sign(gradient), so
+    # float32 reduction-order differences of near-zero gradients move a parameter by up
+    # to ~lr; at the paper's lr that stays far below the test's 1e-5.
+    c.stages.main.optimizer.lr = 1e-4
+    c.stages.main.optimizer.b1 = 0.0
     model = inputs.build_model(c)
     params = model.init(jax.random.key(0))
     owned, constants = split_params(params)
