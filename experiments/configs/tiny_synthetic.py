@@ -42,10 +42,9 @@ def get_config(arg: str | None = None) -> mc.ConfigDict:
         standin_shape=300,
         standin_expression=100,
         render_size=size,
-        tile_size=8,  # at 64^2, 8x8 tiles splat 1.6x faster than 16x16 on a CPU
+        plane_size=16 if smoke else 32,
+        tile_size=8,
     )
-    if smoke:
-        c.model.overrides.update(plane_size=16)
     c.model.init = dict(vit=None, gagavatar=None)
 
     synth = dict(
