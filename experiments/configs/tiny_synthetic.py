@@ -1,16 +1,16 @@
 r"""tiny_synthetic: the embedded default -- synthetic heads, tiny GAGAvatar, a 2-core CPU.
 
 Renders a small synthetic dataset (32 training identities and 4 held-out ones, one
-16-frame clip each, 64^2, stored under the workdir), trains ``gagavatar-tiny`` on it with GAGAvatar's losses,
-evaluates held-out self-reenactment at the start and the end, and writes a
-reenactment video: a held-out portrait driven by another held-out identity.
-About 12 minutes on a 2-core CPU (README, results table).
+16-frame clip each, 64^2, under the workdir), trains ``gagavatar-tiny`` on it for 400
+steps with GAGAvatar's losses, evaluates held-out self-reenactment at the start and
+the end, and writes a reenactment video: a held-out portrait driven by another
+held-out identity. About 9.5 minutes on a 2-core CPU (README, results table).
 
     python experiments/train.py --config=experiments/configs/tiny_synthetic.py \
         --workdir=runs/tiny_synthetic
 
-``--config=experiments/configs/tiny_synthetic.py:smoke`` is a seconds-long smoke
-run (32^2, 4 steps) used by the tests.
+``--config=experiments/configs/tiny_synthetic.py:smoke`` is a ~3-minute smoke
+run (32^2, 4 steps; the trainer tests start from it).
 
 Choices (this is a demonstration of the pipeline at toy scale, not the paper):
 * the model's FLAME is the synthetic data's (the full-size stand-in: 5023 vertices,
