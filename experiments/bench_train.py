@@ -119,7 +119,8 @@ def main(argv):
         rng = replicate(jax.random.key_data(jax.random.key(0)), mesh)
         step = make_train_step(model, stage, optimizer, paths, mesh, stage_start=0)
         b = per_device * n
-        batch = model_batch(device_batch(jax.tree.map(lambda x, b=b: x[:b], host), mesh))
+        local = {k: jax.tree.map(lambda x, b=b: x[:b], v) for k, v in host.items() if k != "meta"}
+        batch = model_batch(device_batch(local, mesh))
         t0 = time.perf_counter()
         for _ in range(warmup):
             state, metrics = step(state, batch, rng, consts, None)
