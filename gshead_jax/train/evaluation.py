@@ -104,7 +104,8 @@ def synthetic_cross_targets(source: Any) -> Callable[[dict[str, Any]], dict[str,
       source: The ``SyntheticSource`` of the pairs (or the ``ArrayRecordSource`` of
         a synthetic cache, whose manifest holds the generator's config).
     """
-    from gshead_jax.data.synthetic import SyntheticConfig, SyntheticSource, render_states
+    from gshead_jax.data.synth_render import render_states
+    from gshead_jax.data.synthetic import SyntheticConfig, SyntheticSource
 
     if not isinstance(source, SyntheticSource):
         extra = getattr(source, "manifest", {}).get("extra", {}).get("synthetic")
