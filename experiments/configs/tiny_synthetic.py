@@ -4,7 +4,7 @@ Renders a small synthetic dataset (32 training identities and 4 held-out ones, o
 16-frame clip each, 64^2, under the workdir), trains ``gagavatar-tiny`` on it for 400
 steps with GAGAvatar's losses, evaluates held-out self-reenactment at the start and
 the end, and writes a reenactment video: a held-out portrait driven by another
-held-out identity. About 9.5 minutes on a 2-core CPU (README, results table).
+held-out identity. About 6.5 minutes on a 2-core CPU (README, results table).
 
     python experiments/train.py --config=experiments/configs/tiny_synthetic.py \
         --workdir=runs/tiny_synthetic
