@@ -53,7 +53,9 @@ class Projection(NamedTuple):
 def quat_to_rotmat(quats: jax.Array) -> jax.Array:
     """Rotation matrices of (w, x, y, z) quaternions, normalised first (Utils.cuh:142-164).
 
-    A zero quaternion gives the identity instead of NaN.
+    A quaternion of norm at most the dtype's epsilon (zero included) gives the identity
+    and a zero gradient instead of NaN: the norm is only taken of the others (a
+    ``where`` on both sides, so that no infinite derivative reaches the masked ones).
 
     Args:
         quats: Quaternions (w, x, y, z), any norm. [..., 4]
@@ -62,7 +64,10 @@ def quat_to_rotmat(quats: jax.Array) -> jax.Array:
         Rotation matrices. [..., 3, 3]
     """
     sq = jnp.sum(quats * quats, axis=-1, keepdims=True)
-    q = quats * jax.lax.rsqrt(jnp.maximum(sq, jnp.finfo(quats.dtype).tiny))
+    ok = sq > jnp.finfo(quats.dtype).eps ** 2
+    unit = quats * jax.lax.rsqrt(jnp.where(ok, sq, jnp.ones_like(sq)))
+    identity = jnp.zeros_like(quats).at[..., 0].set(1)
+    q = jnp.where(ok, unit, identity)
     w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
     rows = [
         [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],

@@ -104,3 +104,36 @@ def test_zero_quaternion_is_identity_not_nan():
     a = _project(scene, 64, 48)
     b = _project(scene_id, 64, 48)
     np.testing.assert_array_equal(np.asarray(a.conics), np.asarray(b.conics))
+
+
+def test_degenerate_quaternions_have_zero_gradient_not_nan():
+    """Zero and sub-epsilon quaternions: identity rotation, zero gradient, no NaN."""
+    from gshead_jax.splat.project import quat_to_rotmat
+
+    quats = jnp.array([[0.0, 0, 0, 0], [1e-20, 0, 0, 0], [0, 1e-9, 0, 0], [0.3, -0.2, 0.5, 0.1]])
+    weights = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3, 3)), jnp.float32)
+    rot = quat_to_rotmat(quats)
+    np.testing.assert_array_equal(np.asarray(rot[:3]), np.broadcast_to(np.eye(3), (3, 3, 3)))
+    grad = np.asarray(jax.grad(lambda q: jnp.sum(quat_to_rotmat(q) * weights))(quats))
+    assert np.isfinite(grad).all()
+    assert not grad[:3].any()
+    # The normal quaternion's gradient is the analytic one: d/dq of R(q / |q|).
+    q = np.asarray(quats[3], np.float64)
+
+    def rot_np(q):
+        w, x, y, z = q / np.linalg.norm(q)
+        return np.array(
+            [
+                [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+            ]
+        )
+
+    w = np.asarray(weights[3], np.float64)
+    eps = 1e-6
+    numeric = [
+        (np.sum(rot_np(q + eps * e) * w) - np.sum(rot_np(q - eps * e) * w)) / (2 * eps)
+        for e in np.eye(4)
+    ]
+    np.testing.assert_allclose(grad[3], numeric, rtol=1e-4, atol=1e-4)
