@@ -22,3 +22,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def float32_matmuls():
+    """Full-precision matmuls/convs for float32 comparisons on GPUs (no TF32); no-op on CPU.
+
+    Modules that compare in float32 say ``pytestmark = pytest.mark.usefixtures("float32_matmuls")``.
+    """
+    with jax.default_matmul_precision("highest"):
+        yield

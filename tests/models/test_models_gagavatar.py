@@ -32,11 +32,7 @@ B = 2
 _O0 = {"xla_backend_optimization_level": 0}
 
 
-@pytest.fixture(autouse=True)
-def _float32_matmuls():
-    # Float32 comparisons need full-precision matmuls on GPUs (no TF32); no-op on CPU.
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("float32_matmuls")
 
 
 @pytest.fixture(scope="module")

@@ -1,38 +1,21 @@
 """DPTHead against the official DINOBase head (fixture) and the published size."""
 
-import importlib.util
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gagavatar_testing import FIXTURES, load_fixture
 
 from gshead_jax.convert.gagavatar import convert_module_state_dict
 from gshead_jax.nn.dpt import DPTHead
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "tests" / "fixtures" / "gagavatar"
-
-
-@pytest.fixture(autouse=True)
-def _float32_matmuls():
-    # Float32 parity needs full-precision matmuls/convs on GPUs (no TF32); no-op on CPU.
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
-def _fixture(name):
-    path = ROOT / "experiments" / "make_gagavatar_fixtures.py"
-    spec = importlib.util.spec_from_file_location("make_gagavatar_fixtures", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.load_fixture(str(FIXTURES / name))
+pytestmark = pytest.mark.usefixtures("float32_matmuls")
 
 
 def test_dpt_matches_official_dinobase():
-    meta, arrays, state_dict = _fixture("dpt.npz")
+    meta, arrays, state_dict = load_fixture("dpt.npz")
     head = DPTHead(output_dim=meta["args"]["output_dim"])
     variables, skipped = convert_module_state_dict(
         state_dict, head, vit_dim=meta["args"]["vit_dim"]

@@ -1,33 +1,17 @@
 """Gaussian heads against the official modules (fixtures) and a NumPy re-derivation."""
 
-import importlib.util
-import pathlib
-
 import jax
 import numpy as np
 import pytest
+from gagavatar_testing import load_fixture
 
 from gshead_jax.convert.gagavatar import convert_module_state_dict
 from gshead_jax.nn.gaussian_heads import ConvGSGenerator, LinearGSGenerator
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "tests" / "fixtures" / "gagavatar"
 FIELDS = ("colors", "opacities", "scales", "rotations", "positions")
 
 
-@pytest.fixture(autouse=True)
-def _float32_matmuls():
-    # Float32 parity needs full-precision matmuls/convs on GPUs (no TF32); no-op on CPU.
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
-def _fixture(name):
-    path = ROOT / "experiments" / "make_gagavatar_fixtures.py"
-    spec = importlib.util.spec_from_file_location("make_gagavatar_fixtures", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.load_fixture(str(FIXTURES / name))
+pytestmark = pytest.mark.usefixtures("float32_matmuls")
 
 
 def _sigmoid(x):
@@ -72,7 +56,7 @@ def _check(out, ref, fields):
 
 
 def test_linear_head_matches_official_and_numpy():
-    meta, arrays, sd = _fixture("gs_linear.npz")
+    meta, arrays, sd = load_fixture("gs_linear.npz")
     head = LinearGSGenerator(**meta["args"])
     variables, skipped = convert_module_state_dict(sd, head)
     assert skipped == ()
@@ -89,7 +73,7 @@ def test_linear_head_matches_official_and_numpy():
 
 
 def test_conv_head_matches_official_and_intended_variant():
-    meta, arrays, sd = _fixture("gs_conv.npz")
+    meta, arrays, sd = load_fixture("gs_conv.npz")
     head = ConvGSGenerator(**meta["args"])
     variables, _ = convert_module_state_dict(sd, head)
     feats, direnc = arrays["in/features"], arrays["in/direnc"]

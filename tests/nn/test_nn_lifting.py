@@ -1,33 +1,14 @@
 """Lifting plane against GAGAvatar's build_points_planes (fixture and NumPy re-derivation)."""
 
-import importlib.util
-import pathlib
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gagavatar_testing import load_fixture
 
 from gshead_jax import camera
 from gshead_jax.nn.lifting import LiftingPlane, lift, lifting_plane
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "tests" / "fixtures" / "gagavatar"
-
-
-@pytest.fixture(autouse=True)
-def _float32_matmuls():
-    # Float32 parity needs full-precision matmuls/convs on GPUs (no TF32); no-op on CPU.
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
-def _fixture(name):
-    path = ROOT / "experiments" / "make_gagavatar_fixtures.py"
-    spec = importlib.util.spec_from_file_location("make_gagavatar_fixtures", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.load_fixture(str(FIXTURES / name))
+pytestmark = pytest.mark.usefixtures("float32_matmuls")
 
 
 def _numpy_build_points_planes(size, m, focal=12.0):
@@ -52,7 +33,7 @@ def _viewmat(m):
 
 
 def test_lifting_plane_matches_official_build_points_planes():
-    meta, arrays, _ = _fixture("lifting.npz")
+    meta, arrays, _ = load_fixture("lifting.npz")
     size, focal = meta["args"]["plane_size"], meta["args"]["focal"]
     mats = arrays["in/transform_matrix"]
     via_camera = camera.from_gagavatar(mats, width=512, height=512).viewmat

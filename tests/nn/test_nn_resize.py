@@ -11,11 +11,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 
-@pytest.fixture(autouse=True)
-def _float32_matmuls():
-    # Float32 parity needs full-precision matmuls/convs on GPUs (no TF32); no-op on CPU.
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("float32_matmuls")
 
 
 # (in_h, in_w, out_h, out_w): GAGAvatar's sizes (518 -> 148/74/37/19 image pyramid,

@@ -1,34 +1,17 @@
 """StyleUNet against the official module (fixtures), its published size, noise modes."""
 
-import importlib.util
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gagavatar_testing import FIXTURES, load_fixture
 
 from gshead_jax.convert.gagavatar import convert_module_state_dict
 from gshead_jax.nn.styleunet import StyleUNet, make_styleunet
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "tests" / "fixtures" / "gagavatar"
-
-
-@pytest.fixture(autouse=True)
-def _float32_matmuls():
-    # Float32 parity needs full-precision matmuls/convs on GPUs (no TF32); no-op on CPU.
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
-def _fixture(name):
-    path = ROOT / "experiments" / "make_gagavatar_fixtures.py"
-    spec = importlib.util.spec_from_file_location("make_gagavatar_fixtures", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.load_fixture(str(FIXTURES / name))
+pytestmark = pytest.mark.usefixtures("float32_matmuls")
 
 
 def _random_variables(net, x):
@@ -54,7 +37,7 @@ def _random_variables(net, x):
 @pytest.mark.parametrize("name", ["styleunet.npz", "styleunet_down.npz"])
 def test_styleunet_matches_official(name):
     # Official run with randomize_noise=False, i.e. the stored noise buffers.
-    meta, arrays, sd = _fixture(name)
+    meta, arrays, sd = load_fixture(name)
     net = StyleUNet(**meta["args"])
     variables, skipped = convert_module_state_dict(sd, net)
     assert skipped and all(n.startswith("toRGB.") for n in skipped)

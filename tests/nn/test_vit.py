@@ -10,12 +10,7 @@ import pytest
 from gshead_jax.nn.vit import DinoViT, attention_implementation
 from gshead_jax.nn.vit_config import VARIANTS, ViTConfig, vit_config
 
-
-@pytest.fixture(autouse=True)
-def _highest_matmul_precision():
-    # float32 parity on a GPU: no TF32 (a no-op on CPU).
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("float32_matmuls")
 
 
 @pytest.fixture(scope="module")

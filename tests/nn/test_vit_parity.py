@@ -22,11 +22,7 @@ from gshead_jax.nn.vit import DinoViT, intermediate_feature_maps  # noqa: E402
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _highest_matmul_precision():
-    # float32 parity on a GPU: no TF32 (a no-op on CPU).
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("float32_matmuls")
 
 
 # name: (use_swiglu_ffn, registers, input sizes). Pre-training grid: 56 px / 14 = 4x4.
