@@ -66,8 +66,7 @@ def quat_to_rotmat(quats: jax.Array) -> jax.Array:
     sq = jnp.sum(quats * quats, axis=-1, keepdims=True)
     ok = sq > jnp.finfo(quats.dtype).eps ** 2
     unit = quats * jax.lax.rsqrt(jnp.where(ok, sq, jnp.ones_like(sq)))
-    identity = jnp.zeros_like(quats).at[..., 0].set(1)
-    q = jnp.where(ok, unit, identity)
+    q = jnp.where(ok, unit, jnp.asarray([1, 0, 0, 0], quats.dtype))
     w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
     rows = [
         [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
